@@ -1,0 +1,77 @@
+"""Helpers shared by Resguardo's DAG files: config, docs, credentials, error mapping.
+
+DAG files stay thin: they read the configuration at parse time and call the
+core packages inside tasks. Nothing here runs a backup or opens a connection at
+import time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import os
+
+from resguardo.i18n import _
+
+DEFAULT_ARGS = {
+    "owner": "resguardo",
+    "retries": 3,
+    "retry_delay": dt.timedelta(minutes=2),
+    # Airflow 3.3 takes a float multiplier: 2 min, 4 min, 8 min between tries.
+    "retry_exponential_backoff": 2.0,
+    "max_retry_delay": dt.timedelta(minutes=30),
+}
+
+
+@functools.lru_cache(maxsize=1)
+def load_config():
+    """Load ``resguardo.yaml`` from ``RESGUARDO_CONFIG`` (cached per parse)."""
+    from resguardo.config import load_config as _load
+
+    return _load(os.environ.get("RESGUARDO_CONFIG"))
+
+
+def doc(text: str, **values: str) -> str:
+    """Translate a DAG or task doc (markdown) into the configured language."""
+    return _(text).format(**values) if values else _(text)
+
+
+def timetable(cron: str | None, timezone: str):
+    """Return a CronTriggerTimetable in the bank's time zone, or None for manual-only DAGs."""
+    if not cron:
+        return None
+    from airflow.sdk import CronTriggerTimetable
+
+    return CronTriggerTimetable(cron, timezone=timezone)
+
+
+def database_connection(database: str) -> tuple[str | None, str | None]:
+    """Return (dsn, password) from the database's Airflow Connection, or (None, None).
+
+    Called inside tasks only. The Connection's host, port, login and schema
+    build the DSN; its password never reaches a log.
+    """
+    config = load_config()
+    db = config.database(database)
+    if not db.connection_id:
+        return None, None
+    from airflow.sdk import Connection
+    from psycopg.conninfo import make_conninfo
+
+    conn = Connection.get(db.connection_id)
+    params = {"host": conn.host, "port": conn.port, "user": conn.login, "dbname": conn.schema}
+    dsn = make_conninfo(**{k: v for k, v in params.items() if v})
+    return dsn, conn.password
+
+
+def fail_or_retry(error: Exception):
+    """Map a core error to Airflow's behaviour: retry transient storage errors, fail the rest at once."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from resguardo.errors import ResguardoError, StorageError
+
+    if isinstance(error, StorageError) and getattr(error, "transient", True):
+        return error
+    if isinstance(error, ResguardoError):
+        return AirflowFailException(error.render())
+    return error

@@ -1,0 +1,1 @@
+"""The ``make demo`` run and the demo core-banking data set."""

@@ -1,0 +1,235 @@
+"""The ``resguardo`` command: every operation without Airflow.
+
+Subcommands come from modules that each expose ``register(subparsers)``;
+the core ones (keys, backup, list, restore, verify, decrypt, inspect) live
+here. A handler receives the parsed arguments, with ``args.config`` holding
+the loaded configuration unless the subcommand sets ``needs_config=False``,
+and returns the exit status. A :class:`ResguardoError` is printed as
+``ERROR``/``HINT`` lines (Spanish by default) and its ``exit_status`` returned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from resguardo.errors import ResguardoError
+from resguardo.i18n import _, set_language
+
+# Modules contributing subcommands; a module that is missing or fails to
+# import is reported when its command is used, not at start-up.
+COMMAND_MODULES = (
+    "evidence.cli",
+    "backup.cli_pitr",
+    "masking.cli",
+    "drills.cli",
+)
+
+
+def _print(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# -- core commands ---------------------------------------------------------------
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from encryption.keys import generate_keypair
+
+    directory = Path(args.directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    private, public = generate_keypair(directory, args.name, args.kind)
+    _print(_("Private key: {path} (keep it off backup hosts; mode 0600)").format(path=private))
+    _print(_("Public key: {path}").format(path=public))
+    return 0
+
+
+def cmd_decrypt(args: argparse.Namespace) -> int:
+    from encryption.keys import load_x25519_private
+    from encryption.stream import decrypt_stream
+
+    identity = load_x25519_private(Path(args.identity))
+    source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
+    sink = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
+    with source, sink:
+        decrypt_stream(source, sink, [identity])
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from encryption.stream import read_header
+
+    with open(args.input, "rb") as handle:
+        header = read_header(handle.read(1 << 20))
+    _print(json.dumps(header, indent=2, ensure_ascii=False, default=str))
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from backup.logical import run_logical_backup
+
+    result = run_logical_backup(args.config, args.database, triggered_by=args.triggered_by)
+    entry = result.manifest["objects"][0]
+    _print(_("Backup {backup_id} of {database} committed in {count} regions: {regions}").format(
+        backup_id=result.backup_id, database=args.database, count=len(result.regions), regions=", ".join(result.regions)))
+    _print(_("Dump: {plain} bytes, stored {stored} bytes, SHA-256 {sha}").format(
+        plain=entry["plaintext_size"], stored=entry["size"], sha=entry["sha256"]))
+    for region, error in result.failed_regions.items():
+        _print(_("WARNING: region {region} failed and holds no copy: {error}").format(region=region, error=error))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from backup.catalog import list_backups
+    from resguardo.keyring import load_verify_key
+    from storage.registry import open_regions
+
+    db = args.config.database(args.database)
+    regions = open_regions(db.regions, args.config)
+    entries = list_backups(regions, load_verify_key(args.config), args.database, args.kind)
+    if args.json:
+        _print(json.dumps([{"backup_id": e.backup_id, "regions": e.regions, "invalid_copies": e.invalid_copies,
+                            "started_at": e.manifest.get("started_at"),
+                            "size": sum(o["size"] for o in e.manifest.get("objects", []))} for e in entries],
+                          indent=2, ensure_ascii=False))
+        return 0
+    if not entries:
+        _print(_("No committed backups of {database}.").format(database=args.database))
+        return 0
+    _print(_("{backup_id:<24} {started:<28} {size:>14}  {regions}").format(
+        backup_id=_("BACKUP"), started=_("STARTED (UTC)"), size=_("BYTES"), regions=_("REGIONS")))
+    for e in entries:
+        size = sum(o["size"] for o in e.manifest.get("objects", []))
+        regions_text = ", ".join(e.regions)
+        if e.invalid_copies:
+            regions_text += "  " + _("(invalid copy in: {regions})").format(regions=", ".join(e.invalid_copies))
+        _print(f"{e.backup_id:<24} {e.manifest.get('started_at', ''):<28} {size:>14}  {regions_text}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from restore.logical import restore_logical
+
+    report = restore_logical(args.config, args.database, backup_id=args.backup_id, target_dsn=args.target,
+                             prefer_regions=args.prefer_region, identity_file=args.identity)
+    for attempt in report.attempts:
+        if attempt.outcome != "ok":
+            _print(_("Region {region} skipped ({outcome}): {error}").format(
+                region=attempt.region, outcome=attempt.outcome, error=attempt.error))
+    _print(_("Backup {backup_id} restored from region {region} in {seconds} s.").format(
+        backup_id=report.backup_id, region=report.region, seconds=report.timings["total_seconds"]))
+    if report.scratch is not None:
+        _print(_("Scratch cluster left running for inspection: {dsn}").format(dsn=report.dsn))
+        _print(_("Stop it with: pg_ctl -D {data_dir} stop, then delete {root}").format(
+            data_dir=report.scratch.data_dir, root=report.scratch.root))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from restore.verify import run_restore_test, summarize
+
+    outcome = run_restore_test(args.config, args.database, backup_id=args.backup_id, triggered_by=args.triggered_by)
+    _print(summarize(outcome))
+    return 0 if outcome.passed else 8
+
+
+# -- parser ----------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="resguardo",
+        description=_("Encrypted multi-region PostgreSQL backups and verified restores."),
+    )
+    parser.add_argument("--config", help=_("path of resguardo.yaml (default: $RESGUARDO_CONFIG or ./resguardo.yaml)"))
+    parser.add_argument("--lang", choices=("es", "en"), help=_("language of messages (default: es)"))
+    sub = parser.add_subparsers(dest="command", metavar=_("COMMAND"))
+    sub.required = True
+
+    keys = sub.add_parser("keys", help=_("manage encryption and signing keys"))
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    gen = keys_sub.add_parser("generate", help=_("generate a key pair"))
+    gen.add_argument("--kind", choices=("x25519", "ed25519"), default="x25519",
+                     help=_("x25519 encrypts backups; ed25519 signs manifests and evidence"))
+    gen.add_argument("--name", required=True, help=_("file name stem: writes NAME.key and NAME.pub"))
+    gen.add_argument("--directory", default=".", help=_("directory for the key files"))
+    gen.set_defaults(handler=cmd_keys_generate, needs_config=False)
+
+    dec = sub.add_parser("decrypt", help=_("decrypt one object with a private key (no config needed)"))
+    dec.add_argument("input", help=_("encrypted object file, or - for standard input"))
+    dec.add_argument("--identity", required=True, help=_("X25519 private key file"))
+    dec.add_argument("-o", "--output", default="-", help=_("output file (default: standard output)"))
+    dec.set_defaults(handler=cmd_decrypt, needs_config=False)
+
+    ins = sub.add_parser("inspect", help=_("show the header of an encrypted object (no key needed)"))
+    ins.add_argument("input")
+    ins.set_defaults(handler=cmd_inspect, needs_config=False)
+
+    bak = sub.add_parser("backup", help=_("take an encrypted logical backup into every required region"))
+    bak.add_argument("database", help=_("database name as configured"))
+    bak.add_argument("--triggered-by", default="cli", help=_("who or what started it, recorded in the manifest"))
+    bak.set_defaults(handler=cmd_backup)
+
+    lst = sub.add_parser("list", help=_("list committed backups"))
+    lst.add_argument("database")
+    lst.add_argument("--kind", choices=("logical", "base"), default="logical")
+    lst.add_argument("--json", action="store_true", help=_("machine-readable output"))
+    lst.set_defaults(handler=cmd_list)
+
+    res = sub.add_parser("restore", help=_("restore a logical backup into a database or a scratch cluster"))
+    res.add_argument("database")
+    res.add_argument("--backup-id", default="latest", help=_("backup id (default: latest)"))
+    res.add_argument("--target", help=_("DSN of an existing empty database; default: a new scratch cluster"))
+    res.add_argument("--prefer-region", action="append", help=_("region to read first (repeatable)"))
+    res.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
+    res.set_defaults(handler=cmd_restore)
+
+    ver = sub.add_parser("verify", help=_("restore test: restore into scratch, validate with GX, write evidence"))
+    ver.add_argument("database")
+    ver.add_argument("--backup-id", default="latest")
+    ver.add_argument("--triggered-by", default="cli")
+    ver.set_defaults(handler=cmd_verify)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from resguardo import log
+
+    log.configure()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--lang" in argv:
+        index = argv.index("--lang")
+        if index + 1 < len(argv):
+            set_language(argv[index + 1] if argv[index + 1] in ("es", "en") else None)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.lang:
+        set_language(args.lang)
+    try:
+        if getattr(args, "needs_config", True):
+            from resguardo.config import load_config
+
+            args.config = load_config(args.config)
+            if args.lang:
+                set_language(args.lang)
+        return args.handler(args)
+    except ResguardoError as error:
+        print(error.render(), file=sys.stderr, flush=True)
+        return error.exit_status
+    except KeyboardInterrupt:
+        print(_("ERROR: interrupted; nothing partial was committed"), file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Logical restores: stream a backup's dump into ``pg_restore``.
+
+The dump object is fetched with region fallback (:mod:`restore.fetch`),
+decrypted and decompressed on the fly and written to ``pg_restore``'s
+standard input. ``pg_restore --single-transaction`` makes a failed attempt
+roll back completely, so when a region's copy turns out corrupted halfway,
+the next region's copy is restored into the same, still empty, database.
+
+Without a target DSN the restore goes into a new scratch cluster, which the
+caller owns and must destroy.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from backup.catalog import CatalogEntry, find_backup
+from backup.logical import DUMP_OBJECT, _StderrCollector
+from resguardo.config import ResguardoConfig
+from resguardo.errors import ExternalToolError
+from resguardo.i18n import _
+from resguardo.keyring import load_identities, load_verify_key
+from resguardo.log import get_logger
+from resguardo.pgtools import find_program
+from restore.fetch import Attempt, FetchResult, StageTimes, fetch_object
+from restore.scratch import ScratchCluster
+from storage.registry import open_regions
+
+log = get_logger("restore.logical")
+
+
+@dataclass
+class RestoreReport:
+    """What a logical restore did, for the CLI and for evidence."""
+
+    database: str
+    backup_id: str
+    manifest: dict[str, Any]
+    dsn: str
+    region: str
+    attempts: list[Attempt]
+    stages: StageTimes
+    bytes_read: int
+    sha256: str
+    timings: dict[str, float] = field(default_factory=dict)
+    scratch: ScratchCluster | None = None
+    target_database: str = ""
+
+
+class PgRestoreSink:
+    """A ``pg_restore`` process fed through its standard input."""
+
+    def __init__(self, pg_restore: str, dsn: str, *, no_owner: bool, jobs_env: dict[str, str] | None = None):
+        args = [pg_restore, "--exit-on-error", "--single-transaction", "--dbname", dsn]
+        if no_owner:
+            args += ["--no-owner", "--no-acl"]
+        self.process = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, env=jobs_env)
+        self.stderr = _StderrCollector(self.process.stderr)
+        self.stderr.start()
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.process.stdin.write(data)
+        except BrokenPipeError:
+            self.process.wait()
+            self.stderr.join(timeout=5)
+            raise ExternalToolError(
+                _("pg_restore stopped reading with exit status {status}: {stderr}").format(
+                    status=self.process.returncode, stderr=self.stderr.text()[-2000:]
+                ),
+                _("the target database is left as it was (single transaction); fix the error shown and retry"),
+            ) from None
+
+    def close(self) -> int:
+        try:
+            self.process.stdin.close()
+        except BrokenPipeError:
+            pass
+        status = self.process.wait()
+        self.stderr.join(timeout=5)
+        if status != 0:
+            raise ExternalToolError(
+                _("pg_restore failed with exit status {status}: {stderr}").format(
+                    status=status, stderr=self.stderr.text()[-2000:]
+                ),
+                _("the target database is left as it was (single transaction); fix the error shown and retry"),
+            )
+        return status
+
+    def abort(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        try:
+            self.process.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.wait()
+
+
+def _region_order(entry: CatalogEntry, region_names: list[str], prefer: list[str] | None) -> list[str]:
+    order = list(prefer or []) + [n for n in region_names if n not in (prefer or [])]
+    return [n for n in order if n in entry.manifest["objects"][0]["regions"]]
+
+
+def restore_logical(
+    config: ResguardoConfig,
+    database: str,
+    *,
+    backup_id: str | None = "latest",
+    target_dsn: str | None = None,
+    scratch: ScratchCluster | None = None,
+    prefer_regions: list[str] | None = None,
+    identity_file: str | None = None,
+    keep_owners: bool | None = None,
+) -> RestoreReport:
+    """Restore one logical backup into ``target_dsn`` or a scratch cluster.
+
+    ``target_dsn`` must name an existing, empty database. Without it, a
+    scratch cluster is started (or ``scratch`` used) and a database named after
+    the source is created there. Owners and grants are kept only for a named
+    target (``keep_owners`` overrides), since a scratch cluster has no roles.
+    """
+    db = config.database(database)
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+
+    verify_key = load_verify_key(config)
+    identities = load_identities(config, identity_file)
+    region_names = list(dict.fromkeys(db.regions + list(prefer_regions or [])))
+    regions_by_name = {r.name: r for r in open_regions(region_names, config)}
+    entry = find_backup(list(regions_by_name.values()), verify_key, database, "logical", backup_id)
+    manifest = entry.manifest
+    dump_entry = next(o for o in manifest["objects"] if o["name"] == DUMP_OBJECT)
+    timings["catalog_seconds"] = round(time.monotonic() - started, 3)
+    log.info("restore.start", extra={"database": database, "backup_id": entry.backup_id,
+                                     "target": "dsn" if target_dsn else "scratch"})
+
+    owns_scratch = False
+    target_database = manifest.get("source_database") or database
+    if target_dsn is None:
+        step = time.monotonic()
+        if scratch is None:
+            scratch = ScratchCluster(bindir=config.resolve(config.postgres_bindir), name=f"restore-{database}")
+            owns_scratch = True
+        try:
+            if not scratch.running:
+                scratch.start()
+            scratch.create_database(target_database)
+        except BaseException:
+            if owns_scratch:
+                scratch.destroy()
+            raise
+        dsn = scratch.dsn(target_database)
+        timings["scratch_seconds"] = round(time.monotonic() - step, 3)
+        no_owner = True if keep_owners is None else not keep_owners
+    else:
+        dsn = target_dsn
+        no_owner = False if keep_owners is None else not keep_owners
+
+    pg_restore = str(find_program("pg_restore", config.resolve(config.postgres_bindir)))
+    order = _region_order(entry, db.regions, prefer_regions)
+    step = time.monotonic()
+    try:
+        result: FetchResult[int] = fetch_object(
+            [regions_by_name[n] for n in order],
+            dump_entry,
+            identities,
+            backup_id=entry.backup_id,
+            sink_factory=lambda: PgRestoreSink(pg_restore, dsn, no_owner=no_owner),
+        )
+    except BaseException:
+        log.error("restore.failed", extra={"database": database, "backup_id": entry.backup_id}, exc_info=True)
+        if owns_scratch and scratch is not None:
+            scratch.destroy()
+        raise
+    timings["restore_seconds"] = round(time.monotonic() - step, 3)
+    timings["total_seconds"] = round(time.monotonic() - started, 3)
+    log.info("restore.done", extra={"database": database, "backup_id": entry.backup_id, "region": result.region,
+                                    "attempts": len(result.attempts), "seconds": timings["total_seconds"]})
+    return RestoreReport(
+        database=database,
+        backup_id=entry.backup_id,
+        manifest=manifest,
+        dsn=dsn,
+        region=result.region,
+        attempts=result.attempts,
+        stages=result.stages,
+        bytes_read=result.size,
+        sha256=result.sha256,
+        timings=timings,
+        scratch=scratch,
+        target_database=target_database,
+    )
