@@ -16,6 +16,9 @@ Row counts are not compared with the primary. No snapshot of the primary
 matches the point a physical copy was recovered to, so the profile given to
 the restore suite is read from the copy itself: its row-count expectations
 hold by construction and the other expectations carry the information.
+A *live* database (a promoted primary that clients already write to) gets
+the hand-written suites only, because its row counts change between reading
+a profile and checking it.
 """
 
 from __future__ import annotations
@@ -75,6 +78,22 @@ class ValidationResult:
         }
 
 
+EXPECTATIONS_ROOT = Path(__file__).resolve().parent.parent / "expectations"
+
+
+def suite_dir_for(config: Any, database: str) -> Path | None:
+    """Return the hand-written suite directory of ``database``, as restore tests find it.
+
+    ``restore_test.expectations_dir`` when set, else ``expectations/<database>/``
+    of this repository when it exists, else None.
+    """
+    configured = config.database(database).restore_test.expectations_dir
+    if configured is not None:
+        return config.resolve(configured)
+    default = EXPECTATIONS_ROOT / database
+    return default if default.is_dir() else None
+
+
 def reference_structure(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """Return the user tables of the connected database without row counts."""
     from expectations.profile import list_tables
@@ -128,13 +147,15 @@ def _minimal_checks(conn: psycopg.Connection, reference: dict[str, dict[str, Any
     return checks, tables
 
 
-def validate_database(dsn: str, uri: str, *, reference: dict[str, dict[str, Any]] | None = None,
-                      suite_dir: Path | None = None, require_writable: bool = True,
+def validate_database(dsn: str, *, reference: dict[str, dict[str, Any]] | None = None,
+                      suite_dir: Path | None = None, require_writable: bool = True, live: bool = False,
                       password: str | None = None) -> ValidationResult:
-    """Validate the database at ``dsn`` (psycopg) / ``uri`` (SQLAlchemy URL for GX).
+    """Validate the database at ``dsn``.
 
     Always runs the minimal checks; runs the restore suite too when the
-    ``expectations.suites`` module is installed.
+    ``expectations.suites`` module is installed. ``password`` serves the
+    minimal checks only: the restore suite reads passwords as libpq does
+    (``PGPASSWORD`` or a password file).
     """
     started = time.monotonic()
     params = {"password": password} if password else {}
@@ -145,7 +166,7 @@ def validate_database(dsn: str, uri: str, *, reference: dict[str, dict[str, Any]
         except ImportError:
             run_restore_checks = None
         profile = None
-        if run_restore_checks is not None:
+        if run_restore_checks is not None and not live:
             from expectations.profile import collect_profile
 
             profile = collect_profile(conn)
@@ -156,10 +177,11 @@ def validate_database(dsn: str, uri: str, *, reference: dict[str, dict[str, Any]
             note=_("Great Expectations suites are not installed (expectations.suites); minimal checks only"),
         )
     else:
-        outcome = run_restore_checks(uri, profile, suite_dir)
+        outcome = run_restore_checks(dsn, profile, suite_dir)
         gx = outcome.to_dict() if hasattr(outcome, "to_dict") else {"success": bool(getattr(outcome, "success", False))}
         gx.setdefault("success", bool(getattr(outcome, "success", False)))
-        result = ValidationResult(ENGINE_GX, checks, gx=gx)
+        note = _("live database: hand-written suites only, no profile suite") if live else None
+        result = ValidationResult(ENGINE_GX, checks, gx=gx, note=note)
     result.seconds = round(time.monotonic() - started, 3)
     log.info("drills.validation.done",
              extra={"engine": result.engine, "success": result.success, "seconds": result.seconds,

@@ -11,9 +11,10 @@ Terms:
   the deletion of records at the end of the chain.
 
 ``docs/evidence.md`` describes the format and how to verify a chain, for
-compliance officers. Entry points: :class:`EvidenceStore` (append, list,
-get, head, verify_chain), :func:`open_store` (from the configuration),
-:func:`render_text` and :func:`render_markdown`.
+compliance officers. Entry points: :class:`EvidenceStore` (append,
+put_attachment, list, get, head, verify_chain), :func:`open_store` (from the
+configuration), :func:`render_text` and :func:`render_markdown`, and
+:mod:`evidence.facts` for the host and tool versions a body records.
 """
 
 from evidence.record import GENESIS_HASH, RECORD_FORMAT, RECORD_VERSION, EvidenceError, record_hash

@@ -55,7 +55,7 @@ def build_checkpoint(sequence: int, record_id: str, record_hash: str, signing_ke
 
 
 def parse_checkpoint(data: bytes) -> Checkpoint:
-    """Parse and shape-check a stored checkpoint; ValueError says what is wrong.
+    """Parse and shape-check a stored checkpoint; the ValueError message describes the defect.
 
     The signature is not checked here.
     """

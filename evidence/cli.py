@@ -96,7 +96,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    """Print one record; a record whose signature fails is shown, and the exit status says so."""
+    """Print one record, even one whose signature fails; the exit status is 4 in that case."""
     store = open_store(args.config)
     record = store.get(args.reference, verify=False)
     if args.format == "json":

@@ -150,7 +150,7 @@ def build_record(
     if not 0 <= sequence <= MAX_SEQUENCE:
         raise EvidenceError(
             _("sequence number {sequence} is out of range").format(sequence=sequence),
-            _("an evidence chain holds at most {count} records; start a new chain under a new prefix").format(
+            _("an evidence chain can contain at most {count} records; start a new chain under a new prefix").format(
                 count=MAX_SEQUENCE + 1
             ),
         )
@@ -267,7 +267,7 @@ def check_record_shape(record: dict[str, Any]) -> None:
 
 
 def parse_record(data: bytes) -> dict[str, Any]:
-    """Parse and shape-check a stored record; ValueError says what is wrong."""
+    """Parse and shape-check a stored record; the ValueError message describes the defect."""
     record = parse_json_object(data)
     check_record_shape(record)
     return record

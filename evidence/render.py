@@ -9,16 +9,20 @@ these shapes, get their own sections (``docs/evidence.md`` has an example):
 
 - ``triggered_by``: who or what started the run (user name, Airflow run id).
 - ``regions``: list of objects with ``region``, ``location``, ``action``
-  (``read`` or ``checked``), ``key``, ``size``, ``sha256``, ``ok`` and ``error``.
+  (``read`` or ``checked``), ``key``, ``size``, ``sha256``, ``ok``, ``error``
+  and ``seconds``.
 - ``steps``: list of objects with ``name``, ``seconds`` and ``ok``.
 - ``rto_seconds`` and ``rto_target_seconds``: measured recovery time and
   target, in seconds.
 - ``expectations``: object with ``suite``, ``success``, ``evaluated`` and
   ``failed`` (a list of objects with ``expectation``, ``table``, ``column``, ``detail``).
-- ``host`` and ``tools``: objects mapping names to versions or facts.
+- ``host`` (a host name, or an object of host facts) and ``tools`` (an
+  object mapping tool names to versions), see :mod:`evidence.facts`.
 
 Any other member, or a member of another shape, is listed as JSON under
-"Other details", so no fact the caller stored is left out.
+"Other details". Inside the rows of ``regions``, ``steps`` and
+``expectations.failed`` only the members named above are shown; the JSON
+output of ``resguardo evidence show --format json`` has everything.
 """
 
 from __future__ import annotations
@@ -133,9 +137,9 @@ def _yes_no(value: Any) -> str:
 
 def _ok_label(value: Any) -> str:
     if value is True:
-        return _("OK")
+        return _("ok")
     if value is False:
-        return _("FAILED")
+        return _("failed")
     return _as_json(value)
 
 
@@ -247,22 +251,25 @@ def _regions_section(body: dict[str, Any], leftovers: dict[str, Any]) -> list[_S
         leftovers["regions"] = regions
         return []
     actions = {"read": _("read"), "checked": _("checked")}
-    table = _Table(
-        [_("Region"), _("Location"), _("Action"), _("Result"), _("Object"), _("Bytes"), _("SHA-256")],
-        [
-            [
-                _as_json(item.get("region", "-")),
-                _as_json(item.get("location", "-")),
-                actions.get(item.get("action"), _as_json(item.get("action", "-"))),
-                _ok_label(item.get("ok")) + (f" ({_as_json(item['error'])})" if item.get("error") else ""),
-                _as_json(item.get("key", "-")),
-                _size(item.get("size")),
-                _as_json(item.get("sha256", "-")),
-            ]
-            for item in regions
-        ],
-    )
-    return [_Section(_("Regions read and checked"), tables=[table])]
+    with_durations = any("seconds" in item for item in regions)
+    headers = [_("Region"), _("Location"), _("Action"), _("Result"), _("Object"), _("Bytes"), _("SHA-256")]
+    if with_durations:
+        headers.append(_("Duration"))
+    rows = []
+    for item in regions:
+        row = [
+            _as_json(item.get("region")),
+            _as_json(item.get("location")),
+            actions.get(item.get("action"), _as_json(item.get("action"))),
+            _ok_label(item.get("ok")) + (f" ({_as_json(item['error'])})" if item.get("error") else ""),
+            _as_json(item.get("key")),
+            _size(item.get("size")),
+            _as_json(item.get("sha256")),
+        ]
+        if with_durations:
+            row.append(_seconds(item.get("seconds")))
+        rows.append(row)
+    return [_Section(_("Regions read and checked"), tables=[_Table(headers, rows)])]
 
 
 def _steps_section(body: dict[str, Any], leftovers: dict[str, Any]) -> list[_Section]:
@@ -326,8 +333,10 @@ def _host_section(body: dict[str, Any], leftovers: dict[str, Any]) -> list[_Sect
     if host is None and tools is None:
         return []
     section = _Section(_("Host and tool versions"))
+    if isinstance(host, str):
+        section.fields.append((_("Host"), host))
     for name, value in (("host", host), ("tools", tools)):
-        if value is None:
+        if value is None or (name == "host" and isinstance(value, str)):
             continue
         if isinstance(value, dict):
             section.fields += [(key, _as_json(value[key])) for key in sorted(value)]

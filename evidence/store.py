@@ -8,7 +8,7 @@ Terms (the object layout is in :mod:`evidence.layout`):
   append links to.
 - *interrupted append*: an append that wrote its sequence marker but not its
   record object, because the process stopped or the region failed in
-  between. The marker holds the signed record, so the next append writes
+  between. The marker contains the signed record, so the next append writes
   the missing record object from it.
 
 Appending is safe from several processes at once: each writer takes a
@@ -18,7 +18,9 @@ and a writer that finds the number taken reads the tip again and retries.
 
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -31,6 +33,7 @@ from evidence import layout
 from evidence.checkpoint import Checkpoint, build_checkpoint, parse_checkpoint
 from evidence.record import (
     GENESIS_HASH,
+    EvidenceError,
     SIGNATURE_VALID,
     build_record,
     describe_signature_problem,
@@ -57,6 +60,7 @@ DEFAULT_MAX_ATTEMPTS = 10
 RETRY_DELAY_SECONDS = 0.05
 # Rounds of "write the checkpoint, then look for a newer record" per append.
 CHECKPOINT_ROUNDS = 5
+ATTACHMENT_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
 
 
 @dataclass(frozen=True)
@@ -186,6 +190,33 @@ class EvidenceStore:
             _("too many processes append at once; retry the task later"),
         )
 
+    def put_attachment(self, name: str, data: bytes) -> dict[str, Any]:
+        """Store ``data`` create-only as attachment ``name`` and return its reference.
+
+        Put the returned ``{"region", "key", "sha256", "size"}`` into the body
+        of the record it belongs to: :meth:`verify_chain` then checks that the
+        attachment still exists with that SHA-256. Raises EvidenceError for an
+        invalid name and StorageError when the name is taken or the region fails.
+        """
+        segments = name.split("/")
+        if not ATTACHMENT_NAME_PATTERN.match(name) or any(not part or part.startswith(".") for part in segments):
+            raise EvidenceError(
+                _("invalid attachment name {name!r}").format(name=name),
+                _("use letters, digits, '.', '_', '-' and '/', with each '/'-separated part starting with a "
+                  "letter or digit"),
+            )
+        key = layout.attachment_key(self.prefix, name)
+        try:
+            self.region.put_bytes(key, data, if_absent=True)
+        except AlreadyExists:
+            raise StorageError(
+                _("attachment {key} already exists in {region}").format(key=key, region=self.region.name),
+                _("attachments are never replaced; choose a unique name, for example with a timestamp"),
+            ) from None
+        digest = hashlib.sha256(data).hexdigest()
+        log.info("evidence.attachment.write", extra={"chain": self.where, "key": key, "size": len(data)})
+        return {"region": self.region.name, "key": key, "sha256": digest, "size": len(data)}
+
     def _require_signing_key(self) -> Ed25519PrivateKey:
         if self.signing_key is None:
             raise KeyError_(
@@ -269,15 +300,15 @@ class EvidenceStore:
         """
         checkpoint = self._read_checkpoint()
         if checkpoint is None:
-            first_object = next(iter(self.region.list(layout.list_prefix(self.prefix))), None)
-            if first_object is not None:
+            first_key = self._first_record_or_marker()
+            if first_key is not None:
                 # Another writer may have created the chain between the read
-                # and the listing; its checkpoint came before any other object.
+                # and the listing; its checkpoint came before any record or marker.
                 checkpoint = self._read_checkpoint()
-            if first_object is not None and checkpoint is None:
+            if first_key is not None and checkpoint is None:
                 raise IntegrityError(
-                    _("the head checkpoint of evidence chain {chain} is missing, but the chain holds objects "
-                      "such as {key}").format(chain=self.where, key=first_object.key),
+                    _("the head checkpoint of evidence chain {chain} is missing, but the chain contains objects "
+                      "such as {key}").format(chain=self.where, key=first_key),
                     damaged_chain_hint(),
                 )
         if checkpoint is None:
@@ -315,6 +346,17 @@ class EvidenceStore:
                 self._write_record_object(sequence, tip.record["record_id"], tip.data, interrupted=True)
         return tip
 
+    def _first_record_or_marker(self) -> str | None:
+        """Return the key of the first record or sequence marker, or None.
+
+        Attachments may precede the first record, because a restore test
+        stores its results before it appends the record that refers to them.
+        """
+        for info in self.region.list(layout.list_prefix(self.prefix)):
+            if layout.classify_key(self.prefix, info.key)[0] in (layout.RECORD, layout.MARKER):
+                return info.key
+        return None
+
     def _create_empty_checkpoint(self) -> Checkpoint:
         """Create the checkpoint of a chain without records (sequence -1).
 
@@ -351,9 +393,9 @@ class EvidenceStore:
             ) from None
         status = signature_status(checkpoint.document, self.public_key)
         if status != SIGNATURE_VALID:
-            what = _("the head checkpoint {where}").format(where=f"{self.region.name}:{key}")
+            object_name = _("the head checkpoint {where}").format(where=f"{self.region.name}:{key}")
             raise IntegrityError(
-                describe_signature_problem(status, checkpoint.document, what, self.public_key),
+                describe_signature_problem(status, checkpoint.document, object_name, self.public_key),
                 damaged_chain_hint(),
             )
         return checkpoint
@@ -381,13 +423,13 @@ class EvidenceStore:
             ) from None
         status = signature_status(record, self.public_key)
         if status != SIGNATURE_VALID:
-            what = _("the sequence marker {where}").format(where=f"{self.region.name}:{key}")
+            object_name = _("the sequence marker {where}").format(where=f"{self.region.name}:{key}")
             raise IntegrityError(
-                describe_signature_problem(status, record, what, self.public_key), damaged_chain_hint()
+                describe_signature_problem(status, record, object_name, self.public_key), damaged_chain_hint()
             )
         if record["sequence"] != sequence:
             raise IntegrityError(
-                _("the sequence marker {key} in {region} holds a record with sequence {found}").format(
+                _("the sequence marker {key} in {region} contains a record with sequence {found}").format(
                     key=key, region=self.region.name, found=record["sequence"]
                 ),
                 damaged_chain_hint(),
@@ -494,9 +536,9 @@ class EvidenceStore:
         """Raise IntegrityError unless ``record`` is signed by the configured key."""
         status = signature_status(record, self.public_key)
         if status != SIGNATURE_VALID:
-            what = _("the evidence record {where}").format(where=where)
+            object_name = _("the evidence record {where}").format(where=where)
             raise IntegrityError(
-                describe_signature_problem(status, record, what, self.public_key), damaged_chain_hint()
+                describe_signature_problem(status, record, object_name, self.public_key), damaged_chain_hint()
             )
 
     # -- verification ------------------------------------------------------------------

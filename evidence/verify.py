@@ -20,16 +20,23 @@ there are no problems. Each problem has a ``kind`` from the constants below:
   the head checkpoint was deleted, does not verify, or names a record other
   than the one stored under its sequence number.
 - ``marker_missing``, ``marker_invalid``, ``marker_mismatch``: a record's
-  sequence marker was deleted, does not verify, or holds a different record.
+  sequence marker was deleted, does not verify, or contains a different record.
+- ``attachment_missing``, ``attachment_mismatch``: an attachment that a
+  record refers to was deleted, or its SHA-256 differs from the one in the record.
 - ``unexpected_object``: an object under the prefix that a chain never writes.
 
-Warnings: ``incomplete_append`` (a marker beyond the checkpoint has no record
-object yet) and ``checkpoint_behind`` (the checkpoint names an older record
-than the newest, which happens when an append stops after writing its record).
+Warnings:
+
+- ``incomplete_append``: a marker beyond the checkpoint has no record object yet.
+- ``checkpoint_behind``: the checkpoint names an older record than the
+  newest, which happens when an append stops after writing its record.
+- ``unreferenced_attachment``: no record refers to an attachment, usually
+  left by a run that stopped before appending its record.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -74,10 +81,13 @@ CHECKPOINT_MISMATCH = "checkpoint_mismatch"
 MARKER_MISSING = "marker_missing"
 MARKER_INVALID = "marker_invalid"
 MARKER_MISMATCH = "marker_mismatch"
+ATTACHMENT_MISSING = "attachment_missing"
+ATTACHMENT_MISMATCH = "attachment_mismatch"
 UNEXPECTED_OBJECT = "unexpected_object"
 
 INCOMPLETE_APPEND = "incomplete_append"
 CHECKPOINT_BEHIND = "checkpoint_behind"
+UNREFERENCED_ATTACHMENT = "unreferenced_attachment"
 
 
 @dataclass(frozen=True)
@@ -170,7 +180,7 @@ def _format_finding(finding: ChainProblem) -> str:
 
 @dataclass(frozen=True)
 class _Entry:
-    """What verification keeps of one parsed record: enough to check links."""
+    """The members of one parsed record that the link checks need."""
 
     key: str
     sequence: int
@@ -214,11 +224,12 @@ def verify_chain(region: Region, prefix: str, public_key: Ed25519PublicKey, *,
     checkpoint_key = layout.checkpoint_key(prefix)
     for _attempt in range(2):
         checkpoint, checkpoint_present = _read_checkpoint(region, checkpoint_key, public_key, report)
-        record_names, marker_keys, other_keys = _list_chain(region, prefix)
-        if checkpoint_present or not (record_names or marker_keys or other_keys):
+        listing = _list_chain(region, prefix)
+        if checkpoint_present or not (listing.record_names or listing.marker_keys):
             break
+    record_names, marker_keys = listing.record_names, listing.marker_keys
 
-    for key in other_keys:
+    for key in listing.other_keys:
         report.problems.append(ChainProblem(
             UNEXPECTED_OBJECT,
             _("object {key} is not part of an evidence chain; evidence chains never write it").format(key=key),
@@ -226,7 +237,8 @@ def verify_chain(region: Region, prefix: str, public_key: Ed25519PublicKey, *,
         ))
 
     blobs = read_many(region, [key for key, _seq, _id in record_names] + list(marker_keys.values()), workers)
-    entries, unreadable = _check_records(record_names, blobs, public_key, report)
+    references: list[tuple[int, str, str]] = []
+    entries, unreadable = _check_records(prefix, record_names, blobs, public_key, references, report)
     markers = _check_markers(marker_keys, blobs, entries, public_key, report)
 
     if not checkpoint_present and (record_names or marker_keys):
@@ -239,9 +251,10 @@ def verify_chain(region: Region, prefix: str, public_key: Ed25519PublicKey, *,
 
     effective = _add_incomplete_appends(entries, unreadable, markers, checkpoint, report)
     top = max([*effective, *unreadable], default=-1)
-    _check_sequence_numbers(effective, unreadable, marker_keys, top, report)
+    _check_sequence_numbers(effective, unreadable, marker_keys, report)
     _check_checkpoint(checkpoint, effective, top, max([*entries, *unreadable], default=-1), report)
     _check_links(effective, report)
+    _check_attachments(region, references, listing.attachment_keys, workers, report)
 
     report.records = sum(len(found) for found in entries.values()) + len(unreadable)
     if top >= 0:
@@ -261,22 +274,32 @@ def verify_chain(region: Region, prefix: str, public_key: Ed25519PublicKey, *,
     return report
 
 
-def _list_chain(region: Region, prefix: str) -> tuple[list[tuple[str, int, str]], dict[int, str], list[str]]:
-    """List the chain's objects: records (key, sequence, record id), markers by sequence, other keys."""
-    record_names: list[tuple[str, int, str]] = []
-    marker_keys: dict[int, str] = {}
-    other_keys: list[str] = []
+@dataclass
+class _Listing:
+    """The chain's objects by role."""
+
+    record_names: list[tuple[str, int, str]] = field(default_factory=list)  # (key, sequence, record id)
+    marker_keys: dict[int, str] = field(default_factory=dict)
+    attachment_keys: set[str] = field(default_factory=set)
+    other_keys: list[str] = field(default_factory=list)
+
+
+def _list_chain(region: Region, prefix: str) -> _Listing:
+    """List the chain's objects, sorted by role."""
+    listing = _Listing()
     for info in region.list(layout.list_prefix(prefix)):
         role, sequence, record_id = layout.classify_key(prefix, info.key)
         if role == layout.RECORD:
             assert sequence is not None and record_id is not None
-            record_names.append((info.key, sequence, record_id))
+            listing.record_names.append((info.key, sequence, record_id))
         elif role == layout.MARKER:
             assert sequence is not None
-            marker_keys[sequence] = info.key
+            listing.marker_keys[sequence] = info.key
+        elif role == layout.ATTACHMENT:
+            listing.attachment_keys.add(info.key)
         elif role == layout.OTHER:
-            other_keys.append(info.key)
-    return record_names, marker_keys, other_keys
+            listing.other_keys.append(info.key)
+    return listing
 
 
 def _read_checkpoint(region: Region, key: str, public_key: Ed25519PublicKey,
@@ -307,19 +330,22 @@ def _read_checkpoint(region: Region, key: str, public_key: Ed25519PublicKey,
     return checkpoint, True
 
 
-def _check_records(record_names: list[tuple[str, int, str]], blobs: dict[str, bytes | None],
-                   public_key: Ed25519PublicKey, report: ChainReport) -> tuple[dict[int, list[_Entry]], set[int]]:
-    """Parse and verify each record object.
+def _check_records(prefix: str, record_names: list[tuple[str, int, str]], blobs: dict[str, bytes | None],
+                   public_key: Ed25519PublicKey, references: list[tuple[int, str, str]],
+                   report: ChainReport) -> tuple[dict[int, list[_Entry]], set[int]]:
+    """Parse and verify each record object, and collect its attachment references.
 
     Returns the parsed records grouped by their signed sequence number, and
-    the sequence numbers (taken from object names) of records that did not parse.
+    the sequence numbers (taken from object names) of records that did not
+    parse. Appends ``(sequence, key, sha256)`` to ``references`` for each
+    attachment a record refers to.
     """
     entries: dict[int, list[_Entry]] = defaultdict(list)
     unreadable: set[int] = set()
     for key, name_sequence, name_record_id in record_names:
         data = blobs.get(key)
         if data is None:
-            continue  # deleted after the listing; the gap check sees it as absent
+            continue  # deleted after the listing, so the gap check treats it as absent
         try:
             record = parse_record(data)
         except ValueError as error:
@@ -336,7 +362,7 @@ def _check_records(record_names: list[tuple[str, int, str]], blobs: dict[str, by
         if (sequence, record["record_id"]) != (name_sequence, name_record_id):
             report.problems.append(ChainProblem(
                 NAME_MISMATCH,
-                _("object {key} holds record {record_id} with sequence {found}, which its name does not match; "
+                _("object {key} contains record {record_id} with sequence {found}, which its name does not match; "
                   "the object was renamed or copied").format(key=key, record_id=record["record_id"], found=sequence),
                 sequence=sequence,
                 key=key,
@@ -352,6 +378,9 @@ def _check_records(record_names: list[tuple[str, int, str]], blobs: dict[str, by
             ))
 
         entries[sequence].append(_Entry(key, sequence, record["record_id"], record_hash(record), record["previous_hash"]))
+        references.extend(
+            (sequence, reference_key, sha256) for reference_key, sha256 in _attachment_references(prefix, record["body"])
+        )
 
     for sequence, found in entries.items():
         if len(found) > 1:
@@ -389,7 +418,7 @@ def _check_markers(marker_keys: dict[int, str], blobs: dict[str, bytes | None], 
                 status, record, _("the sequence marker {key}").format(key=key), public_key
             )
         elif record["sequence"] != sequence:
-            message = _("sequence marker {key} holds a record with sequence {found}").format(
+            message = _("sequence marker {key} contains a record with sequence {found}").format(
                 key=key, found=record["sequence"]
             )
         else:
@@ -404,7 +433,7 @@ def _check_markers(marker_keys: dict[int, str], blobs: dict[str, bytes | None], 
         if found and all(entry.hash != marker.hash for entry in found):
             report.problems.append(ChainProblem(
                 MARKER_MISMATCH,
-                _("sequence marker {key} holds record {record_id}, but the stored record differs: "
+                _("sequence marker {key} contains record {record_id}, but the stored record differs: "
                   "one of the two was replaced").format(key=marker.key, record_id=marker.record_id),
                 sequence=sequence,
                 key=marker.key,
@@ -426,7 +455,7 @@ def _add_incomplete_appends(entries: dict[int, list[_Entry]], unreadable: set[in
 
     A marker without a record object beyond a valid checkpoint is an append
     that has not written its record object yet. The marker's signed record
-    stands in for it. Without a valid checkpoint such a marker cannot be told
+    is checked in its place. Without a valid checkpoint such a marker cannot be distinguished
     from a deleted record, so the gap check reports it instead.
     """
     effective = {sequence: list(found) for sequence, found in entries.items()}
@@ -449,19 +478,37 @@ def _add_incomplete_appends(entries: dict[int, list[_Entry]], unreadable: set[in
 
 
 def _check_sequence_numbers(effective: dict[int, list[_Entry]], unreadable: set[int], marker_keys: dict[int, str],
-                            top: int, report: ChainReport) -> None:
-    """Report each sequence number below the newest that has no record."""
-    for sequence in range(top + 1):
-        if sequence in effective or sequence in unreadable:
-            continue
-        if sequence in marker_keys:
-            message = _("record {sequence} is missing; it was deleted, but its sequence marker {key} still "
-                        "holds a copy").format(sequence=sequence, key=marker_keys[sequence])
-        else:
-            message = _("record {sequence} is missing, together with its sequence marker: it was deleted").format(
-                sequence=sequence
-            )
-        report.problems.append(ChainProblem(GAP, message, sequence=sequence))
+                            report: ChainReport) -> None:
+    """Report the sequence numbers below the newest that have no record.
+
+    A single missing record gets its own problem. A longer run of missing
+    numbers gets one problem for the run, because a forged record can
+    claim any sequence number up to 10**12 - 1.
+    """
+    present = sorted({*effective, *unreadable})
+    expected = 0
+    for sequence in present:
+        missing = sequence - expected
+        if missing == 1:
+            report.problems.append(ChainProblem(GAP, _missing_record_message(expected, marker_keys), sequence=expected))
+        elif missing > 1:
+            report.problems.append(ChainProblem(
+                GAP,
+                _("records {first} to {last} are missing: they were deleted").format(
+                    first=expected, last=sequence - 1
+                ),
+                sequence=expected,
+            ))
+        expected = sequence + 1
+
+
+def _missing_record_message(sequence: int, marker_keys: dict[int, str]) -> str:
+    if sequence in marker_keys:
+        return _("record {sequence} is missing; it was deleted, but its sequence marker {key} still "
+                 "contains a copy").format(sequence=sequence, key=marker_keys[sequence])
+    return _("record {sequence} is missing, together with its sequence marker: it was deleted").format(
+        sequence=sequence
+    )
 
 
 def _check_checkpoint(checkpoint: Checkpoint | None, effective: dict[int, list[_Entry]], top: int,
@@ -474,14 +521,16 @@ def _check_checkpoint(checkpoint: Checkpoint | None, effective: dict[int, list[_
     if checkpoint is None:
         return
     if checkpoint.sequence > top:
-        report.problems.append(ChainProblem(
-            TRUNCATED,
-            _("the head checkpoint names record {checkpoint}, but the newest record is {newest}: "
-              "records {first} to {checkpoint} were deleted").format(
-                checkpoint=checkpoint.sequence, newest=top if top >= 0 else "-", first=top + 1
-            ),
-            sequence=top + 1,
-        ))
+        newest = top if top >= 0 else "-"
+        if checkpoint.sequence == top + 1:
+            message = _("the head checkpoint names record {checkpoint}, but the newest record is {newest}: "
+                        "record {checkpoint} was deleted").format(checkpoint=checkpoint.sequence, newest=newest)
+        else:
+            message = _("the head checkpoint names record {checkpoint}, but the newest record is {newest}: "
+                        "records {first} to {checkpoint} were deleted").format(
+                checkpoint=checkpoint.sequence, newest=newest, first=top + 1
+            )
+        report.problems.append(ChainProblem(TRUNCATED, message, sequence=top + 1))
         return
     if checkpoint.sequence >= 0:
         found = effective.get(checkpoint.sequence, [])
@@ -521,3 +570,59 @@ def _check_links(effective: dict[int, list[_Entry]], report: ChainReport) -> Non
                 message = _("previous_hash does not match record {previous}: that record was edited or "
                             "replaced after this one was written").format(previous=sequence - 1)
             report.problems.append(ChainProblem(BROKEN_LINK, message, sequence=sequence, key=entry.key))
+
+
+def _attachment_references(prefix: str, value: Any) -> list[tuple[str, str]]:
+    """Return ``(key, sha256)`` of every attachment a record body refers to.
+
+    A reference is any JSON object in the body with a string ``key`` in the
+    chain's attachment directories and a string ``sha256``, as returned by
+    :meth:`evidence.store.EvidenceStore.put_attachment`.
+    """
+    found: list[tuple[str, str]] = []
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, dict):
+            key, sha256 = item.get("key"), item.get("sha256")
+            if isinstance(key, str) and isinstance(sha256, str) and \
+                    layout.classify_key(prefix, key)[0] == layout.ATTACHMENT:
+                found.append((key, sha256))
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return found
+
+
+def _check_attachments(region: Region, references: list[tuple[int, str, str]], attachment_keys: set[str],
+                       workers: int, report: ChainReport) -> None:
+    """Check that each referenced attachment exists with the SHA-256 its record names."""
+    referenced = sorted({key for _sequence, key, _sha256 in references})
+    digests = {
+        key: None if data is None else hashlib.sha256(data).hexdigest()
+        for key, data in read_many(region, referenced, workers).items()
+    }
+    for sequence, key, sha256 in references:
+        actual = digests.get(key)
+        if actual is None:
+            report.problems.append(ChainProblem(
+                ATTACHMENT_MISSING,
+                _("attachment {key}, which the record refers to, is missing: it was deleted").format(key=key),
+                sequence=sequence,
+                key=key,
+            ))
+        elif actual != sha256:
+            report.problems.append(ChainProblem(
+                ATTACHMENT_MISMATCH,
+                _("attachment {key} has SHA-256 {actual}, but the record names {expected}: "
+                  "the attachment was changed").format(key=key, actual=actual, expected=sha256),
+                sequence=sequence,
+                key=key,
+            ))
+    for key in sorted(attachment_keys - set(referenced)):
+        report.warnings.append(ChainProblem(
+            UNREFERENCED_ATTACHMENT,
+            _("attachment {key} is not referred to by any record, usually because the run that wrote it "
+              "stopped before appending its record").format(key=key),
+            key=key,
+        ))

@@ -209,14 +209,14 @@ class GxSession:
                 "expectations.table.error",
                 extra={"table": key, "error_type": type(error).__name__, "data_source": source_name},
             )
-            judged = {id(outcome.suite) for outcome in run.outcomes}
             for suite in suites:
-                if id(suite) not in judged:
+                if suite.name not in run.suite_results:
                     run.outcomes.append(Outcome(suite, "broken", None, {}, error=message))
         finally:
             self._close(source_name, data_source)
         if captured.getvalue().strip():
-            log.info("expectations.gx.stdout", extra={"table": key, "text": captured.getvalue().strip()[:500]})
+            # GX prints nags here (e.g. a query without {batch}); they matter to nobody running a restore test.
+            log.debug("expectations.gx.stdout", extra={"table": key, "text": captured.getvalue().strip()[:500]})
         log.info(
             "expectations.table.done",
             extra={
@@ -262,8 +262,11 @@ class GxSession:
                 gx.ExpectationSuite(name=gx_name, expectations=[expectation for _spec, expectation in built])
             )
             planned_by_gx_name[gx_name] = suite
+            # Keyed by GX's own serialisation, which drops kwargs left at their
+            # default (exact_match=True, for one), so it matches the results.
             specs_by_gx_name[gx_name] = {
-                _signature(spec["type"], spec.get("kwargs", {})): spec for spec, _expectation in built
+                _signature(expectation.configuration.type, expectation.configuration.kwargs): spec
+                for spec, expectation in built
             }
             validation_definitions.append(
                 context.validation_definitions.add_or_update(
@@ -353,7 +356,8 @@ class GxSession:
                     config.get("type"),
                     specs.get(signature, {"type": config.get("type"), "kwargs": config.get("kwargs", {})}),
                     result=cleaned,
-                    error="; ".join(clean_error_message(message) for message in messages) or None,
+                    # Each failed metric repeats the same error, so keep one copy of each.
+                    error="; ".join(dict.fromkeys(clean_error_message(message) for message in messages)) or None,
                 )
             )
 

@@ -118,7 +118,7 @@ def clean_expectation_result(result: dict[str, Any], *, keep_row_details: bool =
     messages = exception_messages(cleaned.get("exception_info"))
     cleaned["exception_info"] = {
         "raised_exception": bool(messages),
-        "exception_message": "; ".join(clean_error_message(message) for message in messages) or None,
+        "exception_message": "; ".join(dict.fromkeys(clean_error_message(message) for message in messages)) or None,
         "exception_traceback": None,
     }
     return cleaned
@@ -126,7 +126,12 @@ def clean_expectation_result(result: dict[str, Any], *, keep_row_details: bool =
 
 @dataclass
 class FailedExpectation:
-    """An expectation that ran and found the restored data different from the expectation."""
+    """An expectation that ran and found the restored data different from the expectation.
+
+    ``check`` names the profile check (``row_count``, ``columns``, ...,
+    ``table_exists``, ``table_unexpected``) and is None for a hand-written
+    expectation. ``expected`` and ``observed`` are plain JSON values.
+    """
 
     suite: str
     table: str
@@ -137,6 +142,7 @@ class FailedExpectation:
     observed: Any
     severity: str = "critical"
     message: str = ""
+    notes: str | None = None
 
 
 @dataclass

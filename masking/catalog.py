@@ -166,16 +166,18 @@ def read_catalog(conn: psycopg.Connection) -> Catalog:
                 name, attnum, element_name or type_name, kind, is_array, not_null, generated, identity
             )
 
-        # Which columns each generated column reads.
+        # Which columns each generated column reads: PostgreSQL 15 records the
+        # dependencies from the generation expression (pg_attrdef) to the columns.
         cur.execute(
             """
-            SELECT d.objid, g.attname, r.attname
+            SELECT ad.adrelid, g.attname, r.attname
             FROM pg_depend d
-            JOIN pg_attribute g ON g.attrelid = d.objid AND g.attnum = d.objsubid
+            JOIN pg_attrdef ad ON ad.oid = d.objid
+            JOIN pg_attribute g ON g.attrelid = ad.adrelid AND g.attnum = ad.adnum
             JOIN pg_attribute r ON r.attrelid = d.refobjid AND r.attnum = d.refobjsubid
-            WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
-              AND d.objid = d.refobjid AND d.objsubid > 0 AND d.refobjsubid > 0 AND g.attgenerated <> ''
-              AND d.objid = ANY(%s)
+            WHERE d.classid = 'pg_attrdef'::regclass AND d.refclassid = 'pg_class'::regclass
+              AND d.refobjid = ad.adrelid AND d.refobjsubid > 0 AND g.attgenerated <> ''
+              AND ad.adrelid = ANY(%s)
             """,
             (list(by_oid),),
         )

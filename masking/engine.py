@@ -117,6 +117,21 @@ def _rule_identity(rule: Any) -> str:
     return repr(sorted(rule.describe().items()))
 
 
+def require_autocommit(conn: psycopg.Connection) -> None:
+    """Raise unless ``conn`` is in autocommit mode.
+
+    The engine, proof and suppression open their own transactions with
+    ``conn.transaction()``; inside an outer transaction those would be mere
+    savepoints, invisible to the proof's second connection until the caller
+    commits.
+    """
+    if not conn.autocommit:
+        raise MaskingError(
+            _("the masking connection is not in autocommit mode"),
+            _("open it with psycopg.connect(dsn, autocommit=True)"),
+        )
+
+
 def build_plan(conn: psycopg.Connection, policy: MaskingPolicy, key: MaskingKey) -> MaskingPlan:
     """Check ``policy`` against the connected database and build the transformers.
 
@@ -339,6 +354,7 @@ def mask_database(conn: psycopg.Connection, plan: MaskingPlan, *, batch_rows: in
     Commits on success. Returns a JSON-serialisable report: rows updated and
     seconds per table, constraints recreated, materialized views refreshed.
     """
+    require_autocommit(conn)
     started = time.monotonic()
     report: dict[str, Any] = {"key_id": plan.key_id, "tables": {}, "constraints_recreated": [], "materialized_views": []}
     log.info("masking.start", extra={"database": plan.policy.database, "tables": len(plan.tables), "key_id": plan.key_id})

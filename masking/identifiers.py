@@ -434,3 +434,17 @@ def classify_digits(digits: str) -> str | None:
     if 13 <= len(digits) <= 19 and is_luhn_valid(digits):
         return "card"
     return None
+
+
+def contains_identifier(text: str) -> bool:
+    """Return whether ``text`` contains an e-mail, an Ecuadorian phone, or a valid cédula, RUC or card number.
+
+    >>> contains_identifier("Documento [CEDULA] verificado"), contains_identifier("CI 1714307103")
+    (False, True)
+    """
+    if EMAIL_PATTERN.search(text) or PHONE_PATTERN.search(text):
+        return True
+    for match in DIGIT_RUN_PATTERN.finditer(text):
+        if classify_digits("".join(c for c in match.group(0) if c.isdigit())):
+            return True
+    return False

@@ -75,7 +75,7 @@ def run_restore_test(
     """
     from expectations.suites import run_restore_checks
 
-    store = open_store(config)
+    store = open_store(config, writable=True)
     started_at = dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -110,25 +110,21 @@ def run_restore_test(
             "object_sha256": report.sha256,
             "object_size": report.bytes_read,
         }
-        body["regions"] = {
-            "read_from": report.region,
-            "attempts": [
-                {"region": a.region, "key": a.key, "outcome": a.outcome, "error": a.error, "seconds": a.seconds}
-                for a in report.attempts
-            ],
-        }
-
+        body["regions"] = _region_rows(config, report)
         step = time.monotonic()
         checks = run_restore_checks(
             scratch.uri(report.target_database),
             report.manifest["profile"],
             _suite_dir(config, database),
+            row_count_tolerance=config.database(database).restore_test.row_count_tolerance,
         )
         timings["validate"] = round(time.monotonic() - step, 3)
-        body["validation"] = checks.to_dict()
         passed = bool(checks.success)
         timings["rto"] = round(time.monotonic() - started, 3)
-        body["measured_rto_seconds"] = timings["rto"]
+        body["rto_seconds"] = timings["rto"]
+        body["rto_target_seconds"] = config.database(database).dr.rto_target_seconds
+        body["expectations"] = _expectations_summary(checks)
+        body["expectations"]["results_object"] = _store_gx_results(store, report.backup_id, checks.to_dict())
     except ResguardoError as error:
         error_text = error.render()
         log.error("verify.failed", extra={"database": database, "backup_id": subject["backup_id"]}, exc_info=True)
@@ -138,6 +134,11 @@ def run_restore_test(
         timings["teardown"] = round(time.monotonic() - step, 3)
 
     timings["total"] = round(time.monotonic() - started, 3)
+    body["steps"] = [
+        {"name": name, "seconds": timings[name], "ok": passed or name != "validate"}
+        for name in ("scratch_start", "download", "decrypt", "restore", "validate", "teardown")
+        if name in timings
+    ]
     body["timings_seconds"] = timings
     if error_text:
         body["error"] = error_text
@@ -153,7 +154,58 @@ def run_restore_test(
     return RestoreTestOutcome(passed, database, subject["backup_id"], record, error_text, timings)
 
 
-def summarize(outcome: RestoreTestOutcome) -> str:
+def _region_rows(config: ResguardoConfig, report) -> list[dict[str, Any]]:
+    """One row per region attempt, in the shape the evidence report renders."""
+    entry = report.manifest["objects"][0]
+    rows = []
+    for attempt in report.attempts:
+        region_config = config.regions.get(attempt.region)
+        rows.append({
+            "region": attempt.region,
+            "location": getattr(region_config, "location", None),
+            "action": "read" if attempt.outcome == "ok" else "checked",
+            "ok": attempt.outcome == "ok",
+            "error": None if attempt.outcome == "ok" else f"{attempt.outcome}: {attempt.error}",
+            "key": attempt.key,
+            "size": entry["size"],
+            "sha256": report.sha256 if attempt.outcome == "ok" else entry["sha256"],
+            "seconds": attempt.seconds,
+        })
+    return rows
+
+
+def _expectations_summary(checks) -> dict[str, Any]:
+    failed = [
+        {
+            "expectation": item.expectation_type,
+            "table": item.table,
+            "column": ", ".join(item.columns) or "-",
+            "detail": item.message or f"expected {item.expected!r}, observed {item.observed!r}",
+        }
+        for item in checks.failed
+    ]
+    broken = [{"suite": item.suite, "table": item.table, "error": item.error} for item in checks.broken]
+    return {
+        "suite": ", ".join(sorted(checks.suite_results)) or "-",
+        "success": checks.success,
+        "evaluated": checks.expectations_evaluated,
+        "failed": failed,
+        "broken_checks": broken,
+        "tables_checked": f"{checks.tables_checked}/{checks.tables_expected}",
+        "gx_version": checks.gx_version,
+    }
+
+
+def _store_gx_results(store, backup_id: str, results: dict[str, Any]) -> dict[str, Any]:
+    """Keep the full GX JSON as a chain attachment; the record carries its key and hash."""
+    import json
+
+    data = json.dumps(results, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    return store.put_attachment(f"gx-results/{backup_id}-{stamp}.json", data)
+
+
+def summarize(outcome: RestoreTestOutcome, public_key=None) -> str:
     """Return the Spanish (default) summary the CLI and the DAG log print."""
     from evidence import render_text
 
@@ -164,5 +216,5 @@ def summarize(outcome: RestoreTestOutcome) -> str:
     ]
     if outcome.error:
         lines.append(outcome.error)
-    lines.append(render_text(outcome.record))
+    lines.append(render_text(outcome.record, public_key=public_key))
     return "\n".join(lines)

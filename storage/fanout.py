@@ -25,8 +25,8 @@ Example::
         result = writer.close()
 
 An exception (KeyboardInterrupt included) inside the ``with`` block aborts
-every upload and deletes any committed copy, also after ``close()``
-succeeded; a backup whose later steps fail leaves no object behind.
+every upload and deletes any committed copy, even after ``close()``
+succeeded. A backup whose later steps fail thus leaves no object behind.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ references.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable
 
 from resguardo.config import FilesystemRegion, GcsRegion, ResguardoConfig, S3Region
@@ -42,8 +43,7 @@ def open_region(
     bound_provider = None
     connection_id = getattr(getattr(region_config, "credentials", None), "connection_id", None)
     if credentials_provider is not None and connection_id:
-        def bound_provider() -> Any:
-            return credentials_provider(connection_id)
+        bound_provider = functools.partial(credentials_provider, connection_id)
 
     try:
         if isinstance(region_config, FilesystemRegion):

@@ -155,6 +155,8 @@ class S3Driver(Region):
         credentials = self.config.credentials
         region_name = self.config.region
         if credentials_provider is not None:
+            # NOTE: called once per driver; temporary credentials are not refreshed
+            # and an upload that outlives them fails with ExpiredToken.
             access_key_id, secret_access_key, session_token = credentials_provider()
             return boto3.session.Session(
                 aws_access_key_id=access_key_id,

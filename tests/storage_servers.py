@@ -12,8 +12,8 @@ server's output in a log file for failure messages, and stops the process
         boto3.client("s3", endpoint_url=s3.endpoint_url, ...)
 
 Emulator limits that matter for the storage tests: moto 5.2 does not verify
-the checksums a client sends and does not report the checksum of objects
-uploaded in one request; fake-gcs-server does not check the ``X-Goog-Hash``
+the checksums a client sends, and it does not report the checksum of objects
+uploaded in one request. fake-gcs-server does not check the ``X-Goog-Hash``
 sent with the last chunk of a resumable upload.
 """
 

@@ -28,7 +28,7 @@ from evidence.record import (
 )
 from evidence.render import render_markdown, render_text
 from evidence.store import EvidenceStore
-from resguardo.errors import IntegrityError, KeyError_, NotFoundError
+from resguardo.errors import IntegrityError, KeyError_, NotFoundError, StorageError
 from storage.filesystem import FilesystemDriver
 
 PREFIX = "evidence"
@@ -142,7 +142,7 @@ def test_append_writes_documented_layout(store: EvidenceStore, region: Filesyste
         "evidence/seq/000000000001",
         "evidence/head.json",
     }
-    # The marker holds the record's exact bytes, so an interrupted append can be completed.
+    # The marker contains the record's exact bytes, so an interrupted append can be completed.
     assert region.get_bytes("evidence/seq/000000000001") == region.get_bytes(record_key_of(records[1]))
     assert parse_record(region.get_bytes(record_key_of(records[1]))) == records[1]
     checkpoint = json.loads(region.get_bytes("evidence/head.json"))
@@ -340,6 +340,25 @@ def test_record_signed_by_other_key_reported(store: EvidenceStore, region: Files
     assert checks.BROKEN_LINK in problems_at(report, 3)
 
 
+def test_forged_far_sequence_reported_as_one_gap(store: EvidenceStore, region: FilesystemDriver):
+    records = append_runs(store, 2)
+    forger = Ed25519PrivateKey.generate()
+    far = 10**12 - 1
+    forged = sign_record(
+        build_record(sequence=far, previous_hash=record_hash(records[1]), kind="restore_test",
+                     database="core", subject={}, outcome="passed", body={}),
+        forger,
+    )
+    region.put_bytes(record_key_of(forged), serialise(forged))
+
+    report = store.verify_chain()
+
+    assert problems_at(report, far) >= {checks.OTHER_KEY, checks.MARKER_MISSING, checks.BROKEN_LINK}
+    gaps = report.problems_of(checks.GAP)
+    assert len(gaps) == 1
+    assert gaps[0].sequence == 2
+
+
 def test_unparseable_record_reported(store: EvidenceStore, region: FilesystemDriver):
     records = append_runs(store, 3)
     region.put_bytes(record_key_of(records[1]), b'{"format": "resguardo-evidence", "truncated')
@@ -406,6 +425,61 @@ def test_edited_checkpoint_reported(store: EvidenceStore, region: FilesystemDriv
         store.append("restore_test", "core", {}, "passed", {})
 
 
+# -- attachments --------------------------------------------------------------------------
+
+
+def test_attachment_before_first_record(store: EvidenceStore, region: FilesystemDriver):
+    # A restore test stores its full results before it appends the record.
+    reference = store.put_attachment("gx/20261204T201500Z-3f9a.json", b'{"success": false}')
+    legacy_key = "evidence/gx-results/20261204T201500Z-3f9a-20261204T203000Z.json"
+    region.put_bytes(legacy_key, b"{}", if_absent=True)
+    legacy_reference = {"region": region.name, "key": legacy_key,
+                        "sha256": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}
+
+    record = store.append("restore_test", "core", {"backup_id": BACKUP_ID}, "failed",
+                          {"attachment": reference, "expectations": {"results_object": legacy_reference}})
+
+    assert record["sequence"] == 0
+    assert reference["key"] == "evidence/attachments/gx/20261204T201500Z-3f9a.json"
+    assert reference["size"] == 18
+    report = store.verify_chain()
+    assert report.ok, report.summary()
+    assert report.warnings == []
+
+
+def test_changed_attachment_reported(store: EvidenceStore, region: FilesystemDriver):
+    first = store.put_attachment("first.json", b"[1, 2, 3]")
+    second = store.put_attachment("second.json", b"[4, 5, 6]")
+    store.append("restore_test", "core", {}, "passed", {"results": first})
+    store.append("restore_test", "core", {}, "passed", {"results": [second]})
+    region.put_bytes(first["key"], b"[1, 2, 4]")
+    region.delete(second["key"])
+
+    report = store.verify_chain()
+
+    assert problems_at(report, 0) == {checks.ATTACHMENT_MISMATCH}
+    assert problems_at(report, 1) == {checks.ATTACHMENT_MISSING}
+
+
+def test_unreferenced_attachment_is_warning(store: EvidenceStore):
+    append_runs(store, 1)
+    store.put_attachment("orphan.json", b"{}")
+
+    report = store.verify_chain()
+
+    assert report.ok, report.summary()
+    assert [warning.kind for warning in report.warnings] == [checks.UNREFERENCED_ATTACHMENT]
+
+
+def test_attachment_names_validated(store: EvidenceStore):
+    for name in ("", "../escape.json", "a/../b.json", ".hidden", "a//b.json", "a/.b.json", "x" * 201):
+        with pytest.raises(EvidenceError):
+            store.put_attachment(name, b"{}")
+    store.put_attachment("once.json", b"{}")
+    with pytest.raises(StorageError):
+        store.put_attachment("once.json", b"{}")
+
+
 # -- interrupted appends ----------------------------------------------------------------
 
 
@@ -458,9 +532,9 @@ def test_rendering_shows_key_facts(store: EvidenceStore, monkeypatch, language, 
     assert "airflow:restore" in text
 
     expected_words = {
-        "es": ["Prueba de restauración", "FALLIDO", "RTO medido", "6 min 21 s (380,8 s)", "VÁLIDA",
+        "es": ["Prueba de restauración", "FALLIDA", "fallido", "RTO medido", "6 min 21 s (380,8 s)", "VÁLIDA",
                "Regiones leídas y verificadas", "Iniciado por"],
-        "en": ["Restore test", "FAILED", "Measured RTO", "6 min 21 s (380.8 s)", "VALID",
+        "en": ["Restore test", "FAILED", "failed", "Measured RTO", "6 min 21 s (380.8 s)", "VALID",
                "Regions read and checked", "Triggered by"],
     }[language]
     for word in expected_words:
@@ -475,6 +549,24 @@ def test_rendering_flags_tampered_record(store: EvidenceStore, monkeypatch, lang
 
     assert expected in render_text(record, public_key=store.public_key)
     assert expected in render_markdown(record, public_key=store.public_key)
+
+
+def test_rendering_restore_test_body_shape(monkeypatch):
+    monkeypatch.setenv("RESGUARDO_LANG", "es")
+    body = restore_test_body()
+    body["host"] = "resguardo-runner-02"
+    body["regions"][0]["seconds"] = 12.5
+    body["timings_seconds"] = {"download": 12.5}
+    record = build_record(sequence=0, previous_hash=GENESIS_HASH, kind="restore_test", database="core",
+                          subject={"backup_id": BACKUP_ID}, outcome="passed", body=body)
+
+    text = render_text(record)
+
+    assert "Equipo:" in text
+    assert "resguardo-runner-02" in text
+    assert "12,5 s" in text
+    assert "timings_seconds" in text
+    assert "APROBADA" in text
 
 
 def test_rendering_keeps_unknown_body_members(monkeypatch):
@@ -493,7 +585,7 @@ def test_rendering_keeps_unknown_body_members(monkeypatch):
     assert "ok \\| done" in markdown
 
 
-def test_rendering_without_key_says_not_checked(store: EvidenceStore, monkeypatch):
+def test_rendering_without_key_not_checked(store: EvidenceStore, monkeypatch):
     monkeypatch.setenv("RESGUARDO_LANG", "en")
     record = append_runs(store, 1)[0]
 
@@ -512,6 +604,57 @@ def test_facts_name_host_and_tools():
     assert "PostgreSQL" in tools["pg_restore"]
     assert tools["resguardo"] == "0.1.0"
     assert "not-a-program" not in tool_versions(programs=("not-a-program",), packages=())
+
+
+# -- documentation ----------------------------------------------------------------------------
+
+
+def checker_script(document: str) -> str:
+    """Return the first Python code block of a page under docs/."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / document).read_text(encoding="utf-8")
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_docs_checker_script_detects_tampering(store: EvidenceStore, region: FilesystemDriver,
+                                               region_root: Path, tmp_path: Path):
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives import serialization
+
+    script = tmp_path / "check_chain.py"
+    script.write_text(checker_script("evidence.md"), encoding="utf-8")
+    public_pem = tmp_path / "signing.pub"
+    public_pem.write_bytes(store.public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ))
+    records = append_runs(store, 3)
+
+    def run_checker() -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), str(region_root / PREFIX), str(public_pem)],
+                              capture_output=True, text=True, timeout=60)
+
+    intact = run_checker()
+    assert intact.returncode == 0, intact.stdout + intact.stderr
+    assert f"intact: 3 records, last record hash {record_hash(records[2])}" in intact.stdout
+
+    region.delete(record_key_of(records[2]))
+    truncated = run_checker()
+    assert truncated.returncode == 1
+    assert "head.json names record 2, but the last record is 1" in truncated.stdout
+
+    key = record_key_of(records[0])
+    edited = json.loads(region.get_bytes(key))
+    edited["body"]["rto_seconds"] = 1.0
+    region.put_bytes(key, serialise(edited))
+    edited_result = run_checker()
+    assert edited_result.returncode == 1
+    assert f"{Path(key).name}: the signature does not verify" in edited_result.stdout
+    assert "previous_hash does not match" in edited_result.stdout
+
+
+def test_docs_share_one_checker_script():
+    assert checker_script("evidence.es.md") == checker_script("evidence.md")
 
 
 # -- message catalog ------------------------------------------------------------------------
