@@ -138,7 +138,7 @@ def _require_local_data_dir(node: Node) -> Path:
 
 def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str, *, method: str = "auto",
                     run_id: str | None = None, log_file: Path | None = None,
-                    streaming_timeout: float = STREAMING_TIMEOUT_SECONDS) -> RebuildReport:
+                    streaming_timeout: float = 15) -> RebuildReport:
     """Rebuild node ``node_label`` as a streaming standby of the other node, which must be the primary.
 
     ``log_file`` receives the server's output when ``pg_ctl`` starts it

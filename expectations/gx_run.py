@@ -26,9 +26,9 @@ PostgreSQL 15 and SQLAlchemy 2.1:
   per-dialect identifier cache then mixes up ``id`` and ``Id``: after a table
   with column ``Id``, a check of column ``id`` of another table queried
   ``"Id"``. Each table therefore gets its own data source (its own engine and
-  dialect). Two columns of one table whose names differ only in case cannot be
-  told apart; hand-written column expectations on them are reported as broken
-  instead of being run.
+  dialect). Two columns of one table whose names differ only in case still
+  cannot be distinguished, so hand-written column expectations on them are
+  reported as broken instead of being run.
 - A broken expectation does not raise: its result has ``success: false`` and
   the error under ``exception_info``. ``ExpectationSuite(expectations=...)``
   drops an invalid expectation with only a log line, so expectations are built
@@ -56,9 +56,9 @@ log = get_logger("expectations.gx_run")
 APPLICATION_NAME = "resguardo-expectations"
 
 # Result formats. The first pass only needs pass/fail. The second pass re-runs
-# only the failed expectations to get observed values; hand-written suites get
-# counts but no row values (partial_unexpected_count 0), while profile suites
-# get COMPLETE because their queries return counts and column names only.
+# only the failed expectations to get observed values. Hand-written suites get
+# counts but no row values (partial_unexpected_count 0). Profile suites get
+# COMPLETE, because their queries return counts and column names only.
 FIRST_PASS_FORMAT = {"result_format": "BOOLEAN_ONLY"}
 DETAIL_FORMAT_HAND_WRITTEN = {"result_format": "SUMMARY", "partial_unexpected_count": 0}
 DETAIL_FORMAT_PROFILE = {"result_format": "COMPLETE", "partial_unexpected_count": 0}
@@ -185,8 +185,8 @@ class GxSession:
     def run_table(self, schema: str, table: str, suites: list[PlannedSuite], columns: list[str]) -> TableRun:
         """Run ``suites`` on ``schema``.``table`` and return every outcome.
 
-        Never raises for a problem of the checks or the database: everything
-        that goes wrong becomes a broken outcome of the suites concerned.
+        Any ``Exception`` from GX, SQLAlchemy or the driver is caught and
+        becomes a broken outcome of the suites concerned.
         """
         run = TableRun()
         self._tables_run += 1
@@ -207,7 +207,7 @@ class GxSession:
             message = clean_error_message(str(error)) or type(error).__name__
             log.warning(
                 "expectations.table.error",
-                extra={"table": key, "error_type": type(error).__name__, "data_source": source_name},
+                extra={"table": key, "error_type": type(error).__name__, "error": message, "data_source": source_name},
             )
             for suite in suites:
                 if suite.name not in run.suite_results:
@@ -215,7 +215,8 @@ class GxSession:
         finally:
             self._close(source_name, data_source)
         if captured.getvalue().strip():
-            # GX prints nags here (e.g. a query without {batch}); they matter to nobody running a restore test.
+            # GX prints warnings to stdout, e.g. for a query without {batch}. They
+            # do not belong in a restore test's output, so they go to the debug log.
             log.debug("expectations.gx.stdout", extra={"table": key, "text": captured.getvalue().strip()[:500]})
         log.info(
             "expectations.table.done",
@@ -295,7 +296,11 @@ class GxSession:
         batch_definition: Any,
         run: TableRun,
     ) -> None:
-        gx = self._gx
+        """Record an outcome per expectation of one suite and keep its cleaned GX result.
+
+        An expectation with an error in ``exception_info`` is broken, whatever
+        its ``success`` says; otherwise ``success`` decides between passed and failed.
+        """
         document = suite_result.to_json_dict()
         failed_configs = []
         verdicts: list[tuple[str, dict[str, Any]]] = []
@@ -310,32 +315,16 @@ class GxSession:
                 failed_configs.append(config)
             verdicts.append((status, result))
 
-        # Second pass: re-run only the failed expectations with a result format
-        # that carries observed values.
         detailed: dict[str, dict[str, Any]] = {}
         if failed_configs:
-            from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
-
-            detail_suite = self._context.suites.add_or_update(
-                gx.ExpectationSuite(
-                    name=f"{gx_name}-details",
-                    expectations=[
-                        ExpectationConfiguration(
-                            type=config["type"],
-                            kwargs={key: value for key, value in config.get("kwargs", {}).items() if key != "batch_id"},
-                            meta=config.get("meta"),
-                        ).to_domain_obj()
-                        for config in failed_configs
-                    ],
+            try:
+                detailed = self._fetch_details(gx_name, suite, failed_configs, batch_definition)
+            except Exception as error:  # The verdicts are kept without details; only observed values are lost.
+                log.warning(
+                    "expectations.details.error",
+                    extra={"table": suite.table, "suite": suite.name, "error_type": type(error).__name__,
+                           "error": clean_error_message(str(error))},
                 )
-            )
-            detail_format = DETAIL_FORMAT_PROFILE if suite.from_profile else DETAIL_FORMAT_HAND_WRITTEN
-            detail_result = gx.ValidationDefinition(
-                name=f"{gx_name}-details", data=batch_definition, suite=detail_suite
-            ).run(result_format=detail_format)
-            for result in detail_result.to_json_dict().get("results", []):
-                config = result.get("expectation_config", {})
-                detailed[_signature(config.get("type", ""), config.get("kwargs", {}))] = result
 
         kept_results = []
         for status, result in verdicts:
@@ -343,9 +332,9 @@ class GxSession:
             signature = _signature(config.get("type", ""), config.get("kwargs", {}))
             if status == "failed" and signature in detailed:
                 result = detailed[signature]
-                # The data may have been judged differently the second time only
-                # if it changed between the passes; the restored database is
-                # idle, so the first verdict stands.
+                # The second pass could judge differently only if the data changed
+                # between the passes. The restored database is idle, so the first
+                # verdict is kept.
             cleaned = clean_expectation_result(result, keep_row_details=suite.from_profile)
             kept_results.append(cleaned)
             messages = exception_messages(result.get("exception_info")) if status == "broken" else []
@@ -365,6 +354,33 @@ class GxSession:
         document["suite_name"] = suite.name
         document.setdefault("meta", {})["resguardo"] = {"table": suite.table, "source": suite.source}
         run.suite_results[suite.name] = document
+
+    def _fetch_details(
+        self, gx_name: str, suite: PlannedSuite, failed_configs: list[dict[str, Any]], batch_definition: Any
+    ) -> dict[str, dict[str, Any]]:
+        """Re-run only the failed expectations, with a result format that carries observed values."""
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+        gx = self._gx
+        expectations = []
+        for config in failed_configs:
+            kwargs = {key: value for key, value in config.get("kwargs", {}).items() if key != "batch_id"}
+            expectations.append(
+                ExpectationConfiguration(type=config["type"], kwargs=kwargs, meta=config.get("meta")).to_domain_obj()
+            )
+        detail_suite = self._context.suites.add_or_update(
+            gx.ExpectationSuite(name=f"{gx_name}-details", expectations=expectations)
+        )
+        detail_format = DETAIL_FORMAT_PROFILE if suite.from_profile else DETAIL_FORMAT_HAND_WRITTEN
+        detail_result = gx.ValidationDefinition(
+            name=f"{gx_name}-details", data=batch_definition, suite=detail_suite
+        ).run(result_format=detail_format)
+
+        detailed = {}
+        for result in detail_result.to_json_dict().get("results", []):
+            config = result.get("expectation_config", {})
+            detailed[_signature(config.get("type", ""), config.get("kwargs", {}))] = result
+        return detailed
 
     def _close(self, source_name: str, data_source: Any) -> None:
         """Close the table's connections and forget its data source."""

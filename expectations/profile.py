@@ -25,8 +25,8 @@ Terms:
                                      "row_count": 1000}},
        "large_objects": 0}
 
-``row_count`` counts rows as ``SELECT count(*) FROM table`` does, so the rows of
-inheritance children are included in their parent's count as well; the
+``row_count`` counts rows as ``SELECT count(*) FROM table`` does. The rows of
+inheritance children are therefore included in their parent's count, and the
 restore checks count the same way.
 
 >>> table_key("banca", "clientes")
@@ -133,7 +133,7 @@ def collect_profile(conn: Any) -> dict[str, Any]:
 
     ``conn`` is an open psycopg connection. The caller opens it, normally in a
     REPEATABLE READ transaction that imported the snapshot pg_dump uses, so the
-    counts describe exactly the dumped data; this function only runs queries.
+    counts describe exactly the dumped data. This function only runs queries.
     Cost: one catalog query, one ``SELECT count(*)`` per user table (a full
     scan of each table) and one count of large objects.
     """

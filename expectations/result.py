@@ -13,10 +13,10 @@ Terms:
   failed critical expectation fails the gate; every broken check fails it.
 
 GX results are cleaned before they are stored, because they end up in
-evidence records and reports: row-level value lists (``partial_unexpected_list``
+evidence records and reports. Row-level value lists (``partial_unexpected_list``
 and the like, ``details.unexpected_rows`` of hand-written queries) and
-exception tracebacks are removed, and error messages are cut to their first
-line with quoted input values masked. Counts and observed aggregates stay.
+exception tracebacks are removed. Error messages are cut to their first line,
+with quoted input values masked. Counts and observed aggregates stay.
 
 >>> clean_error_message('(psycopg.errors.UndefinedColumn) column "nope" does not exist\\nLINE 1: SELECT')
 'UndefinedColumn: column "nope" does not exist'
@@ -36,8 +36,8 @@ from resguardo.i18n import _
 
 MAX_ERROR_LENGTH = 300
 
-# Result members that list row values; they can hold personal data (a cédula,
-# a name), so they never leave this package.
+# Result members that list row values. They can contain personal data (a
+# cédula, a name), so they never leave this package.
 _ROW_VALUE_KEYS = {
     "partial_unexpected_list",
     "partial_unexpected_counts",
@@ -147,7 +147,7 @@ class FailedExpectation:
 
 @dataclass
 class BrokenCheck:
-    """A check that could not run, so it says nothing about the data."""
+    """A check that could not run; its outcome carries no information about the data."""
 
     suite: str
     table: str | None

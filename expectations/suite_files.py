@@ -205,7 +205,7 @@ def load_suite_dir(directory: str | os.PathLike[str]) -> tuple[list[SuiteFile], 
 def suite_document(name: str, table: str, expectations: Iterable[Any], notes: Any = None) -> dict[str, Any]:
     """Return the JSON document of a hand-written suite.
 
-    ``expectations`` holds specs (``{"type", "kwargs", ...}``, as
+    ``expectations`` contains specs (``{"type", "kwargs", ...}``, as
     :func:`expectations.suites.build_profile_suite` returns them) or GX
     ``Expectation`` objects.
 

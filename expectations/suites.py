@@ -3,12 +3,12 @@
 Terms:
 
 - *profile suite*: the expectations derived from the source profile (see
-  :mod:`expectations.profile`), per table: the row count equals the source's,
-  the column set is the source's (GX's ``expect_table_columns_to_match_set``,
-  which ignores letter case, plus a case-exact comparison of column names),
-  and the primary-key columns hold no NULL and no duplicate (composite keys
-  included). When the profile counts large objects, their number is checked
-  too.
+  :mod:`expectations.profile`). Per table, the row count equals the source's
+  and the column set is the source's. The column set is checked twice: by
+  GX's ``expect_table_columns_to_match_set``, which ignores letter case, and
+  by a case-exact comparison of column names. The primary-key columns must
+  contain no NULL and no duplicate, composite keys included. When the profile
+  counts large objects, their number is checked too.
 - *expectation spec*: one expectation as a JSON dictionary in GX's own form,
   ``{"type": ..., "kwargs": {...}, "meta": {"resguardo": {...}}}``. Profile
   specs carry ``meta.resguardo.table`` (the table key) and
@@ -336,8 +336,11 @@ def _hand_written_failure(outcome: Outcome) -> FailedExpectation:
     result = outcome.result.get("result") or {}
     columns = referenced_columns(kwargs)
     severity = str(outcome.spec.get("severity") or "critical")
-    notes = outcome.spec.get("notes") or outcome.spec.get("description")
-    notes = " ".join(notes) if isinstance(notes, list) else (str(notes) if notes else None)
+    notes = outcome.spec.get("notes") or outcome.spec.get("description") or None
+    if isinstance(notes, list):
+        notes = " ".join(str(line) for line in notes)
+    elif notes is not None:
+        notes = str(notes)
 
     if outcome.expectation_type == "unexpected_rows_expectation":
         # The query is the rule; it is kept in suite_results, so the report states counts only.
@@ -488,7 +491,12 @@ def _record(report: CheckResult, outcomes: list[Outcome]) -> None:
             report.broken.append(_broken(outcome))
             log.warning(
                 "expectations.check.broken",
-                extra={"table": outcome.suite.table, "suite": outcome.suite.name, "expectation": outcome.expectation_type},
+                extra={
+                    "table": outcome.suite.table,
+                    "suite": outcome.suite.name,
+                    "expectation": outcome.expectation_type,
+                    "error": outcome.error,
+                },
             )
 
 
@@ -506,12 +514,13 @@ def run_restore_checks(
     from ``PGPASSWORD`` or a password file, as libpq reads them).
     ``profile`` is what :func:`expectations.profile.collect_profile` returned
     for the source, or None to run only hand-written suites.
-    ``extra_suite_dir`` holds hand-written suite files; None runs none.
+    ``extra_suite_dir`` contains hand-written suite files; None runs none.
 
-    Never raises for what it finds: missing tables and wrong data become
-    failed expectations, and checks that cannot run (including an unreachable
-    database) become broken checks. Call :meth:`CheckResult.raise_for_failure`
-    to turn the result into an exception.
+    Missing tables and wrong data become failed expectations, and checks that
+    cannot run (including an unreachable database) become broken checks. Call
+    :meth:`CheckResult.raise_for_failure` to turn the result into an
+    exception. This function raises only for an argument that is not a
+    PostgreSQL connection (ConfigError) or when GX cannot be imported.
     """
     import psycopg
 
@@ -543,7 +552,10 @@ def run_restore_checks(
         with psycopg.connect(conninfo, application_name="resguardo-expectations") as conn:
             restored = list_tables(conn)
     except psycopg.Error as error:
-        log.warning("expectations.run.connect_failed", extra={"error_type": type(error).__name__})
+        log.warning(
+            "expectations.run.connect_failed",
+            extra={"error_type": type(error).__name__, "error": clean_error_message(str(error))},
+        )
         report.broken.append(
             BrokenCheck(
                 suite="-", table=None, expectation_type=None, error=clean_error_message(str(error)), source="-",

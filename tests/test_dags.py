@@ -52,11 +52,11 @@ def test_dag_docs_follow_language(airflow_home):
 
     env, _ = airflow_home
     script = (
-        "from airflow.models.dagbag import DagBag\n"
-        "import os\n"
-        "bag = DagBag(dag_folder=os.environ['AIRFLOW__CORE__DAGS_FOLDER'], include_examples=False)\n"
-        "print(bag.dags['resguardo_backup_banca'].doc_md)\n"
-        "print(bag.dags['resguardo_restore_test_banca'].doc_md)\n"
+        "import os, sys\n"
+        "sys.path.insert(0, os.environ['AIRFLOW__CORE__DAGS_FOLDER'])\n"
+        "import logical_backup\n"
+        "print(logical_backup.resguardo_backup_banca.doc_md)\n"
+        "print(logical_backup.resguardo_restore_test_banca.doc_md)\n"
     )
     spanish = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert spanish.returncode == 0, spanish.stderr[-2000:]

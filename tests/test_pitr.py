@@ -425,7 +425,8 @@ def test_restore_stops_when_regions_fail(env, marks):
     os.chmod(env.root / "fs-a", 0o000)
     try:
         with pytest.raises(ExternalToolError) as raised:
-            _restore(env, target=build_target(time=marks["time"]), backup_id=env.first_backup.backup_id)
+            _restore(env, target=build_target(time=marks["time"], timeline="current"),
+                     backup_id=env.first_backup.backup_id)
     finally:
         os.chmod(env.root / "fs-a", 0o755)
         hidden.rename(sidecar)
@@ -491,6 +492,8 @@ def test_archive_outage_reported_then_caught_up(env, marks):
     assert any("rpo" in problem for problem in during.problems)
 
     # PostgreSQL retries on its own (every 60 s after three failures); a new segment makes it try at once.
+    cluster.psql("INSERT INTO marks VALUES (9, 'after the outage')")
+    cluster.psql("SELECT pg_switch_wal()")
     _wait(lambda: (cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= name, 90,
           "the archive to catch up")
     after = check_archive(config, "core")
@@ -527,29 +530,30 @@ def test_archive_check_reports_missing_copy_and_gap(env, marks):
 
 
 def test_async_shipper_uploads_ahead(env):
+    """Files shipped ahead by wal-ship are acknowledged by wal-push from their markers alone."""
     from backup.wal_spool import shipped_dir
 
     cluster = env.async_cluster
     spool = env.root / "spool"
-    cluster.write_settings({"archive_command": env.archive_command("caja", f" --spool {spool}")})
+    # Archiving fails at first, so the ready files wait for the shipper.
+    cluster.write_settings({"archive_command": "/bin/false"})
     cluster.start()
-    shipper = subprocess.Popen(
-        [str(env.launcher), "wal-ship", "caja", "--config", str(env.config_file)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=demote(server_user()),
-    )
-    try:
-        time.sleep(1.5)
-        pgbench = find_program("pgbench")
-        subprocess.run([str(pgbench), "-i", "-s", "2", "-q", cluster.dsn()], check=True, capture_output=True)
-        last = _switch_and_wait(cluster, timeout=120)
-    finally:
-        shipper.send_signal(signal.SIGTERM)
-        out, err = shipper.communicate(timeout=60)
-    assert shipper.returncode == 0, err[-2000:]
-    system_identifier = cluster.psql("SELECT system_identifier FROM pg_control_system()")
-    archived = {p.name[:-5] for p in (env.root / "fs-b" / "caja" / "wal" / system_identifier).glob("*.json")}
-    assert last in archived
-    shipped = int(out.split()[1]) if out.split() and out.split()[1].isdigit() else None
-    assert "Shipped" in out or "Enviados" in out or shipped is not None, out
-    # Every marker was consumed by wal-push, so nothing was acknowledged without the shipper's upload check.
+    pgbench = find_program("pgbench")
+    subprocess.run([str(pgbench), "-i", "-s", "2", "-q", cluster.dsn()], check=True, capture_output=True)
+    cluster.psql("SELECT pg_switch_wal()")
+
+    shipper = _as_postgres([str(env.launcher), "--config", str(env.config_file), "wal-ship", "caja", "--once"],
+                           env=dict(os.environ, RESGUARDO_LANG="en"), timeout=300)
+    assert shipper.returncode == 0, shipper.stderr[-2000:]
+    shipped = int(shipper.stdout.split()[1])
+    markers = sorted(p.name for p in shipped_dir(spool).iterdir() if not p.name.startswith("."))
+    assert shipped >= 3
+    assert len(markers) == shipped
+
+    cluster.write_settings({"archive_command": env.archive_command("caja", f" --spool {spool}")})
+    cluster.psql("SELECT pg_reload_conf()")
+    _wait(lambda: (cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= markers[-1], 60,
+          "the archiver to acknowledge the shipped files")
+    # Every marker was consumed, and no wal-push call had to load the config and push itself.
     assert [p.name for p in shipped_dir(spool).iterdir() if not p.name.startswith(".")] == []
+    assert "wal.push.start" not in cluster.log_file.read_text(encoding="utf-8", errors="replace")
