@@ -73,7 +73,12 @@ def main() -> int:
                 "gye": {"kind": "filesystem", "path": "region-gye", "location": "Guayaquil"},
                 "evidence": {"kind": "filesystem", "path": "evidence", "location": "Quito"},
             },
-            "databases": {"banca": {"dsn": cluster.dsn("banca"), "regions": ["uio", "gye"]}},
+            "databases": {"banca": {
+                "dsn": cluster.dsn("banca"),
+                "regions": ["uio", "gye"],
+                # The hand-written suite for banca.clientes (cédula format and check digit, ...).
+                "restore_test": {"expectations_dir": str(ROOT / "expectations" / "demo")},
+            }},
         }, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
         say(_("4/5 Running the backup DAG and the restore-test DAG with 'airflow dags test'..."))

@@ -125,6 +125,29 @@ def server_running(data_dir: Path, bindir: Path | None = None) -> bool:
     return result.returncode == 0
 
 
+def controldata_state(data_dir: Path, bindir: Path | None = None) -> str:
+    """Return the ``Database cluster state`` line of pg_controldata, e.g. ``shut down``."""
+    result = run_checked([str(find_program("pg_controldata", bindir)), "-D", str(data_dir)],
+                         what="pg_controldata", as_server_user=True, timeout=60)
+    for line in result.stdout.splitlines():
+        label, _sep, value = line.partition(":")
+        if label.strip() == "Database cluster state":
+            return value.strip()
+    return "unknown"
+
+
+def _single_user_recovery(data_dir: Path, bindir: Path | None) -> None:
+    args = [str(find_program("postgres", bindir)), "--single", "-F", "-D", str(data_dir), "template1"]
+    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS,
+                            preexec_fn=demote(_owner(data_dir) if os.geteuid() == 0 else None))
+    if result.returncode != 0:
+        raise ExternalToolError(
+            _("postgres --single failed with exit status {status}: {stderr}").format(
+                status=result.returncode, stderr=result.stderr.strip()[-2000:]),
+            _("the node's WAL may be damaged; rebuild it with --method clone"),
+        )
+
+
 def _require_local_data_dir(node: Node) -> Path:
     if node.data_dir is None or not (node.data_dir / "PG_VERSION").is_file():
         key = "dr.primary_data_dir" if node.label == "primary" else "dr.standby.data_dir"
@@ -138,7 +161,7 @@ def _require_local_data_dir(node: Node) -> Path:
 
 def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str, *, method: str = "auto",
                     run_id: str | None = None, log_file: Path | None = None,
-                    streaming_timeout: float = 15) -> RebuildReport:
+                    streaming_timeout: float = STREAMING_TIMEOUT_SECONDS) -> RebuildReport:
     """Rebuild node ``node_label`` as a streaming standby of the other node, which must be the primary.
 
     ``log_file`` receives the server's output when ``pg_ctl`` starts it
@@ -183,6 +206,19 @@ def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str
                              "-t", "120", "stop"], what="pg_ctl stop", as_server_user=True, timeout=180)
 
         owner = _owner(data_dir)
+        state = controldata_state(data_dir, bindir)
+        if state == "shut down in recovery":
+            with timeline.step("end_recovery", **context) as detail:
+                # pg_rewind takes a standby's WAL end from minRecoveryPoint,
+                # which can lag the WAL the node holds; it then reports "no
+                # rewind required" for a node that cannot follow the new
+                # timeline. Replaying to the end in single-user mode leaves
+                # a shutdown checkpoint at the true end of its WAL.
+                for signal in (STANDBY_SIGNAL, "recovery.signal"):
+                    (data_dir / signal).unlink(missing_ok=True)
+                _single_user_recovery(data_dir, bindir)
+                detail["state_before"] = state
+                detail["state_after"] = controldata_state(data_dir, bindir)
         saved = {name: (data_dir / name).read_bytes() for name in NODE_LOCAL_FILES if (data_dir / name).is_file()}
         # pg_rewind finishes an unclean shutdown in single-user mode, which
         # refuses to start with a signal file present.

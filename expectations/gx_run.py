@@ -299,7 +299,7 @@ class GxSession:
         """Record an outcome per expectation of one suite and keep its cleaned GX result.
 
         An expectation with an error in ``exception_info`` is broken, whatever
-        its ``success`` says; otherwise ``success`` decides between passed and failed.
+        the value of ``success``. Otherwise ``success`` decides between passed and failed.
         """
         document = suite_result.to_json_dict()
         failed_configs = []

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expectations.gx_run import GxSession, Outcome, PlannedSuite, referenced_columns
+from expectations.gx_run import APPLICATION_NAME, GxSession, Outcome, PlannedSuite, referenced_columns
 from expectations.profile import list_tables, quote_ident, table_key
 from expectations.result import BrokenCheck, CheckResult, FailedExpectation, clean_error_message
 from expectations.suite_files import SuiteFile, SuiteFileError, load_suite_dir
@@ -549,7 +549,7 @@ def run_restore_checks(
 
     conninfo, sqlalchemy_url = connection_targets(dsn_or_sqlalchemy_url)
     try:
-        with psycopg.connect(conninfo, application_name="resguardo-expectations") as conn:
+        with psycopg.connect(conninfo, application_name=APPLICATION_NAME) as conn:
             restored = list_tables(conn)
     except psycopg.Error as error:
         log.warning(

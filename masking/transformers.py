@@ -353,18 +353,24 @@ class EmailTransformer(Transformer):
     injective = True
     guarantees_change = True
 
-    def __init__(self, rule: EmailRule, key: bytes, picker: NamePicker):
+    def __init__(self, rule: EmailRule, key: bytes):
         super().__init__(rule)
         self._key = key
-        self._picker = picker
 
     def apply(self, value: str) -> str:
         source = value.lower() if self.rule.case_insensitive else value
         digest = hmac.digest(self._key, source.encode("utf-8"), "sha256")
+        # Bytes 0-9 form the 80-bit token that keeps outputs distinct; the
+        # names only make the address look real.
         token = base64.b32encode(digest[:10]).decode("ascii").lower()
-        given = strip_accents(self._picker.pick("given", source)).lower().replace(" ", "")
-        surname = strip_accents(self._picker.pick("surname", source)).lower().replace(" ", "")
+        given_names, surnames = load_list("given_names"), load_list("surnames")
+        given = _email_word(given_names[int.from_bytes(digest[10:14], "big") % len(given_names)])
+        surname = _email_word(surnames[int.from_bytes(digest[14:18], "big") % len(surnames)])
         return f"{given}.{surname}.{token}@{self.rule.domain}"
+
+
+def _email_word(name: str) -> str:
+    return strip_accents(name).lower().replace(" ", "").replace("ñ", "n")
 
 
 class AddressTransformer(Transformer):
@@ -562,7 +568,7 @@ class TransformerFactory:
         if isinstance(rule, NameRule):
             return NameTransformer(rule, NamePicker(key.subkey("names")))
         if isinstance(rule, EmailRule):
-            return EmailTransformer(rule, key.subkey(f"email:{rule.case_insensitive}"), NamePicker(key.subkey("email-names")))
+            return EmailTransformer(rule, key.subkey(f"email:{rule.case_insensitive}"))
         if isinstance(rule, PhoneRule):
             digits = DigitsMasker(key.subkey("phone"), "phone")
 

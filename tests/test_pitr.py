@@ -64,8 +64,12 @@ def _switch_and_wait(cluster, timeout: float = 60) -> str:
     """Switch to a new segment and wait until the finished one is archived; return its name."""
     name = cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
     cluster.psql("SELECT pg_switch_wal()")
-    _wait(lambda: (cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= name,
-          timeout, f"archiving of {name}")
+    try:
+        _wait(lambda: (cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= name,
+              timeout, f"archiving of {name}")
+    except AssertionError as error:
+        log_tail = "\n".join(Path(cluster.log_file).read_text(errors="replace").splitlines()[-30:])
+        raise AssertionError(f"{error}; server log:\n{log_tail}") from None
     return name
 
 
