@@ -53,8 +53,13 @@ def commit_manifest(regions: Iterable[Region], database: str, kind: str, backup_
     return written
 
 
-def list_backups(regions: Iterable[Region], public_key: Ed25519PublicKey, database: str, kind: str) -> list[CatalogEntry]:
-    """Return the database's committed backups of ``kind``, oldest first."""
+def list_backups(regions: Iterable[Region], public_key: Ed25519PublicKey, database: str, kind: str,
+                 *, include_invalid: bool = False) -> list[CatalogEntry]:
+    """Return the database's committed backups of ``kind``, oldest first.
+
+    With ``include_invalid``, backups whose every manifest copy failed
+    verification follow at the end, with an empty ``manifest``.
+    """
     prefix = backup_prefix(database, kind)
     entries: dict[str, CatalogEntry] = {}
     unreachable: list[str] = []
@@ -87,13 +92,38 @@ def list_backups(regions: Iterable[Region], public_key: Ed25519PublicKey, databa
             _("no region could be listed: {regions}").format(regions=", ".join(unreachable)),
             _("check network access and credentials for these regions"),
         )
-    return [entries[k] for k in sorted(entries) if entries[k].manifest]
+    # The id's random suffix does not order two backups started in the same
+    # second, so order by the manifest's start time first.
+    valid = [entry for entry in entries.values() if entry.manifest]
+    valid.sort(key=lambda entry: (entry.manifest.get("started_at", ""), entry.backup_id))
+    if include_invalid:
+        invalid = sorted((e for e in entries.values() if not e.manifest), key=lambda e: e.backup_id)
+        return valid + invalid
+    return valid
 
 
 def find_backup(regions: Iterable[Region], public_key: Ed25519PublicKey, database: str, kind: str,
                 backup_id: str | None = None) -> CatalogEntry:
     """Return one backup (the newest when ``backup_id`` is None or ``latest``)."""
-    entries = list_backups(regions, public_key, database, kind)
+    every = list_backups(regions, public_key, database, kind, include_invalid=True)
+    entries = [e for e in every if e.manifest]
+    rejected = [e for e in every if not e.manifest]
+    if backup_id in (None, "latest") and rejected and (not entries or rejected[-1].backup_id > entries[-1].backup_id):
+        # A newer backup whose manifests all fail verification must not be
+        # skipped silently in favour of an older one.
+        newest = rejected[-1]
+        raise IntegrityError(
+            _("the newest backup {backup_id} has no valid manifest: {detail}").format(
+                backup_id=newest.backup_id, detail="; ".join(f"{k}: {v}" for k, v in newest.invalid_copies.items())),
+            _("investigate the tampered manifests; to restore an older backup, name it with --backup-id"),
+        )
+    for entry in rejected:
+        if entry.backup_id == backup_id:
+            raise IntegrityError(
+                _("backup {backup_id} has no valid manifest: {detail}").format(
+                    backup_id=backup_id, detail="; ".join(f"{k}: {v}" for k, v in entry.invalid_copies.items())),
+                _("the manifest was changed or signed with another key; check signing.public_key"),
+            )
     if not entries:
         raise NotFoundError(
             _("database {database} has no committed {kind} backup").format(database=database, kind=kind),

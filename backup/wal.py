@@ -175,7 +175,11 @@ def identify_wal_file(path: Path, *, control_system_identifier: int | None) -> t
                 _("the file is damaged or not a WAL segment; do not archive it, check the disk of pg_wal"),
             ) from None
         expected_name = name.split(".")[0]
-        if header.segment_name() != expected_name:
+        # The first segment of a new timeline starts with a copy of the old
+        # timeline's last segment, so its header may carry an older timeline;
+        # the segment number (page address) must match exactly.
+        header_timeline_ok = header.timeline <= int(expected_name[:8], 16)
+        if header.segment_name()[8:] != expected_name[8:] or not header_timeline_ok:
             raise IntegrityError(
                 _("WAL file {name} contains segment {actual} according to its header").format(
                     name=name, actual=header.segment_name()

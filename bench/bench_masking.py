@@ -57,7 +57,7 @@ SELECT n,
        '09' || lpad(((n * 7919) % 100000000)::text, 8, '0'),
        ((n * 37) % 1000000) / 100.0
 FROM (SELECT n, lpad((1 + n % 24)::text, 2, '0') || ((n / 24) % 6)::text || lpad(((n / 144) % 1000000)::text, 6, '0') AS nine
-      FROM generate_series(0, %s - 1) n) s
+      FROM generate_series(0::bigint, %s - 1) n) s
 """
 
 POLICY = {

@@ -229,6 +229,12 @@ def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str
         if method in ("auto", "rewind"):
             try:
                 with timeline.step("rewind", **context) as detail:
+                    # pg_rewind reads the source's timeline from its control
+                    # file, which a fresh promotion updates only at the next
+                    # checkpoint; without one it sees the old timeline and
+                    # reports "no rewind required".
+                    with source.connect(timeout=10) as conn:
+                        conn.execute("CHECKPOINT")
                     result = run_checked(
                         [str(find_program("pg_rewind", bindir)), f"--target-pgdata={data_dir}",
                          f"--source-server={source.conninfo()}"],

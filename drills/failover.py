@@ -14,8 +14,9 @@ the Airflow DAG runs each as its own task:
    WAL (when the old primary was reachable), then ``pg_promote(wait => true)``.
 4. ``switch_router``: PgBouncer sends the alias to the new primary.
 5. ``write_probe``: a row is written through the router and read back, and the
-   server that took it must be the new primary. The measured RTO ends here.
-6. ``smoke_checks``: :mod:`drills.validation` on the new primary.
+   server that took it must be the new primary.
+6. ``smoke_checks``: :mod:`drills.validation` on the new primary. The
+   measured RTO ends here.
 7. ``base_backup``: a first base backup on the new timeline, when the base
    backup engine is installed.
 8. ``finish``: measured RTO and RPO against the targets, and a signed
@@ -23,8 +24,8 @@ the Airflow DAG runs each as its own task:
 
 Terms:
 
-- *RTO* (measured): wall time from the start of the run (the request) to the
-  first write committed through the router on the new primary.
+- *RTO* (measured): wall time from the start of the run (the request) to a
+  validated new primary that took a write through the router.
 - *RPO* (measured): the span of committed transactions the new primary does
   not have. ``rpo_method`` says how it was measured: ``wal_position`` (the new
   primary replayed up to the fenced old primary's last WAL position: 0 s),
@@ -457,7 +458,7 @@ def client_dsn(config: ResguardoConfig, topology: Topology, run: FailoverRun) ->
 
 def write_probe(config: ResguardoConfig, topology: Topology, run: FailoverRun, *,
                 timeout: float = PROBE_TIMEOUT_SECONDS) -> FailoverRun:
-    """Commit a row through the router, read it back and check the new primary took it; end the RTO."""
+    """Commit a row through the router, read it back and check that the new primary took it."""
     new = topology.node(run.new_primary)
     dsn = client_dsn(config, topology, run)
     password = new.password
@@ -493,7 +494,6 @@ def write_probe(config: ResguardoConfig, topology: Topology, run: FailoverRun, *
                      "system_identifier": system_id, "via": "router" if topology.router else "direct",
                      "committed_at": iso(finished)}
         detail.update(run.probe)
-        run.rto_seconds = round((finished - parse_time(run.started_at)).total_seconds(), 3)
     return run
 
 
@@ -520,7 +520,7 @@ def _insert_probe(dsn: str, password: str | None, run: FailoverRun) -> tuple[int
 
 
 def smoke_checks(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> FailoverRun:
-    """Validate the new primary (:func:`drills.validation.validate_database`)."""
+    """Validate the new primary (:func:`drills.validation.validate_database`); end the measured RTO."""
     new = topology.node(run.new_primary)
     with _step(run, "smoke_checks") as detail:
         result = validate_database(new.dsn, suite_dir=suite_dir_for(config, run.database), live=True,
@@ -535,6 +535,7 @@ def smoke_checks(config: ResguardoConfig, topology: Topology, run: FailoverRun) 
                     failed=", ".join(c.name for c in result.checks if not c.success) or "great_expectations"),
                 _("clients already reach the new primary; inspect the failed checks in the evidence record"),
             )
+        run.rto_seconds = round((utc_now() - parse_time(run.started_at)).total_seconds(), 3)
     return run
 
 

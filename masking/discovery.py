@@ -94,7 +94,7 @@ def name_signal(column: str) -> str | None:
 
 @dataclass
 class Finding:
-    """What discovery learned about one column; no sampled value is kept."""
+    """Name and value signals of one column; no sampled value is kept."""
 
     schema: str
     table: str

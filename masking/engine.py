@@ -15,8 +15,8 @@ Terms:
   have no entry.
 
 How a leaf is masked: a server-side cursor streams ``ctid`` and the masked
-columns in batches (the table is never held in memory); Python computes the
-masked values; COPY writes them into a temporary table; one
+columns in batches, so the table is never held in memory. Python computes the
+masked values and COPY writes them into a temporary table. One
 ``UPDATE ONLY leaf SET ... FROM batch WHERE leaf.ctid = batch.ctid`` per
 flush writes them back. Partitioned tables are masked leaf by leaf with the
 same transformers, so every partition masks a value the same way.
@@ -121,7 +121,7 @@ def require_autocommit(conn: psycopg.Connection) -> None:
     """Raise unless ``conn`` is in autocommit mode.
 
     The engine, proof and suppression open their own transactions with
-    ``conn.transaction()``; inside an outer transaction those would be mere
+    ``conn.transaction()``. Inside an outer transaction those would be mere
     savepoints, invisible to the proof's second connection until the caller
     commits.
     """
@@ -135,11 +135,11 @@ def require_autocommit(conn: psycopg.Connection) -> None:
 def build_plan(conn: psycopg.Connection, policy: MaskingPolicy, key: MaskingKey) -> MaskingPlan:
     """Check ``policy`` against the connected database and build the transformers.
 
-    Raises PolicyError listing every problem: tables or columns without a
-    rule, rules for objects that do not exist, transformers that do not fit
-    the column's type, non-injective transformers on UNIQUE columns, foreign
-    keys whose two sides have different rules, and large objects when the
-    policy does not say to drop them.
+    Raises PolicyError listing every problem. Problems are tables or columns
+    without a rule, rules for objects that do not exist, transformers that do
+    not fit the column's type, and non-injective transformers on UNIQUE
+    columns. Foreign keys whose two sides have different rules are problems
+    too, and so are large objects unless the policy says to drop them.
     """
     catalog = read_catalog(conn)
     factory = TransformerFactory(key)

@@ -11,7 +11,7 @@ Terms:
   walks are short (on average fewer than 1.02 extra steps for large domains).
 - *accepted subset*: the members of the domain for which a predicate holds,
   e.g. the RUC bodies that have a check digit. Cycle-walking until the
-  predicate holds turns the permutation into a bijection of the subset.
+  predicate is true turns the permutation into a bijection of the subset.
 - *derangement*: ``D(x) = P^-1(next(P(x)))`` where ``next`` is the following
   accepted member in numeric order, wrapping around. It is conjugate to a
   single cycle through the whole subset, so no value maps to itself (when the

@@ -3,10 +3,10 @@
 Terms:
 
 - *cédula*: the 10-digit national identity number. Digits 1-2 are the
-  province (01-24, or 30 for Ecuadorians registered abroad), digit 3 is below
-  6 for citizens, digit 10 is a check digit: digits 1-9 are multiplied by
-  2,1,2,1,...; 9 is subtracted from products above 9; the check digit is
-  ``(10 - sum mod 10) mod 10``.
+  province (01-24, or 30 for Ecuadorians registered abroad), and digit 3 is
+  below 6 for citizens. Digit 10 is a check digit: digits 1-9 are multiplied
+  by 2,1,2,1,..., 9 is subtracted from products above 9, and the check digit
+  is ``(10 - sum mod 10) mod 10``.
 - *RUC*: the 13-digit taxpayer number. Natural persons: a cédula plus a
   3-digit establishment (``001``). Public entities: third digit 6, mod-11
   check digit over digits 1-8 (weights 3,2,7,6,5,4,3,2) in position 9, then a
@@ -326,9 +326,9 @@ class CardMasker:
     ``bin_mode="keep"`` keeps the 6-digit issuer prefix (BIN) and deranges the
     account digits: a bijection, fit for UNIQUE columns, but the output lies in
     the issuer's real range. ``bin_mode="test"`` replaces the BIN with
-    ``test_bin`` so no output is a real card; two cards that differ only in
-    their BIN can then collide, so the engine rejects this mode on UNIQUE
-    columns.
+    ``test_bin`` so no output is a real card. Two cards that differ only in
+    their BIN can then collide, which is why the engine rejects this mode on
+    UNIQUE columns.
     """
 
     def __init__(self, key: bytes, *, bin_mode: str = "test", test_bin: str = "400000"):
@@ -365,6 +365,7 @@ class FormatPreservingMasker:
     """
 
     _RADIX = {"digit": 10, "upper": 26, "lower": 26}
+    _BASE = {"digit": ord("0"), "upper": ord("A"), "lower": ord("a")}
 
     def __init__(self, key: bytes, label: str, keep_prefix: int = 0):
         self._key = key
@@ -399,16 +400,14 @@ class FormatPreservingMasker:
         number = 0
         for i in positions:
             radix = self._RADIX[classes[i]]
-            char = value[i]
-            digit = ord(char) - (48 if classes[i] == "digit" else 65 if classes[i] == "upper" else 97)
+            digit = ord(value[i]) - self._BASE[classes[i]]
             number = number * radix + digit
         number = derangement.apply(number)
         out = list(value)
         for i in reversed(positions):
             radix = self._RADIX[classes[i]]
             number, digit = divmod(number, radix)
-            base = 48 if classes[i] == "digit" else 65 if classes[i] == "upper" else 97
-            out[i] = chr(base + digit)
+            out[i] = chr(self._BASE[classes[i]] + digit)
         return "".join(out)
 
 

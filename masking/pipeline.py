@@ -13,7 +13,7 @@ Steps, each timed and recorded:
 6. append an evidence record (kind ``masking``), whatever the outcome, and
    destroy the scratch cluster.
 
-Nothing is exported unless the proof passed. The evidence holds the masking
+Nothing is exported unless the proof passed. The evidence contains the masking
 key id, the policy's SHA-256, counts and check results; never a key, a
 salt or a data value.
 """

@@ -114,7 +114,7 @@ class TablePolicy(_Model):
 
 
 class SuppressionTarget(_Model):
-    """A column that holds a subject's cédula, and what to do with matching rows."""
+    """A column that contains a subject's cédula, and what to do with matching rows."""
 
     table: str
     column: str
@@ -210,7 +210,12 @@ def format_validation_errors(error: ValidationError) -> list[str]:
     for item in error.errors(include_url=False):
         location = _clean_location(item["loc"]) or "(root)"
         value = item.get("input")
-        shown = repr(value) if not isinstance(value, (dict, list)) else "{...}" if isinstance(value, dict) else "[...]"
+        if isinstance(value, dict):
+            shown = "{...}"
+        elif isinstance(value, list):
+            shown = "[...]"
+        else:
+            shown = repr(value)
         if len(shown) > 80:
             shown = shown[:77] + "..."
         if item["type"] == "missing":

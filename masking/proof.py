@@ -1,4 +1,4 @@
-"""Proof that a masked copy holds no original personal data and is still consistent.
+"""Proof that a masked copy contains no original personal data and is still consistent.
 
 Terms:
 
@@ -124,7 +124,7 @@ class Check:
 
 @dataclass
 class Snapshot:
-    """What :func:`take_snapshot` recorded; the salt stays in memory only."""
+    """The salt and row counts of one :func:`take_snapshot`; the salt stays in memory only."""
 
     salt: bytes = field(repr=False)
     leaves: dict[int, str] = field(default_factory=dict)
@@ -446,7 +446,12 @@ def run_proof(conn: psycopg.Connection, uri: str, plan: MaskingPlan, snapshot: S
             entry["status"] = "failed" if entry["required"] else "info"
     broken = [e["name"] for e in entries if e["status"] == "error"]
     failed = [e["name"] for e in entries if e["status"] == "failed"]
-    outcome = "check_broken" if broken else "data_failed" if failed else "passed"
+    if broken:
+        outcome = "check_broken"
+    elif failed:
+        outcome = "data_failed"
+    else:
+        outcome = "passed"
     proof = {
         "outcome": outcome,
         "runner": runner,

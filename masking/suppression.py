@@ -3,7 +3,7 @@
 Terms:
 
 - *subject*: a natural person identified by cédula. The list stores only
-  ``HMAC-SHA256(subject subkey, cédula)`` as hex, so it holds no raw
+  ``HMAC-SHA256(subject subkey, cédula)`` as hex, so it contains no raw
   cédula; matching recomputes the HMAC of each value in the database.
 - *suppression list file*: YAML with the masking key id it was written
   under and one entry per subject (HMAC, date added, a case reference that
@@ -148,9 +148,9 @@ def apply_suppression(conn: psycopg.Connection, policy: MaskingPolicy, suppressi
     """Delete or anonymise every row of the listed subjects; return counts per table.
 
     Runs in one transaction with ``session_replication_role = replica``, so
-    user triggers (audit tables) do not fire; foreign keys are therefore not
-    enforced by PostgreSQL here and rows that reference deleted rows are
-    deleted explicitly, children first.
+    user triggers (audit tables) do not fire. PostgreSQL then enforces no
+    foreign keys either, so rows that reference deleted rows are deleted
+    explicitly, children first.
     """
     require_autocommit(conn)
     report: dict[str, Any] = {"subjects": len(suppression_list.subjects), "key_id": suppression_list.key.key_id,
@@ -219,7 +219,7 @@ def _delete_with_dependents(conn: psycopg.Connection, catalog: Catalog) -> dict[
     frontier = conn.execute("SELECT DISTINCT rel FROM _suppress").fetchall()
     pending = {row[0] for row in frontier}
     discovery_order = sorted(pending)
-    for depth in range(MAX_DEPTH):
+    for _level in range(MAX_DEPTH):
         if not pending:
             break
         added_rels: set[int] = set()

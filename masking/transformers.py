@@ -2,7 +2,7 @@
 
 Terms:
 
-- *rule*: what the policy says about one column: ``keep`` or a transformer
+- *rule*: the policy's instruction for one column: ``keep`` or a transformer
   with options. Rules are pydantic models; a column's rule in YAML is either
   a bare name (``keep``, ``cedula``) or a mapping
   (``{transform: date, mode: shift, max_days: 20}``).
@@ -67,7 +67,7 @@ class _Rule(BaseModel):
 
 
 class KeepRule(_Rule):
-    """Copy the column unchanged; ``reviewed`` plus ``reason`` record that someone checked it holds no personal data."""
+    """Copy the column unchanged; ``reviewed`` plus ``reason`` record that someone checked it contains no personal data."""
 
     keep: Literal[True] = True
     reviewed: bool = False
@@ -76,7 +76,7 @@ class KeepRule(_Rule):
     @model_validator(mode="after")
     def _reviewed_needs_reason(self) -> "KeepRule":
         if self.reviewed and not (self.reason or "").strip():
-            raise ValueError("reviewed: true needs a reason saying why the column holds no personal data")
+            raise ValueError("reviewed: true requires a reason that says why the column contains no personal data")
         return self
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import json
 import sys
 from pathlib import Path
@@ -53,9 +54,21 @@ def cmd_decrypt(args: argparse.Namespace) -> int:
 
     identity = load_x25519_private(Path(args.identity))
     source = sys.stdin.buffer if args.input == "-" else open(args.input, "rb")
-    sink = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")
-    with source, sink:
-        decrypt_stream(source, sink, [identity])
+    if args.output == "-":
+        with source:
+            decrypt_stream(source, sys.stdout.buffer, [identity])
+        return 0
+    # Decrypt into a temporary file beside the output and rename it only on
+    # success, so a failed decryption never replaces an existing file.
+    output = Path(args.output)
+    partial = output.with_name(f".{output.name}.partial")
+    try:
+        with source, open(partial, "wb") as sink:
+            decrypt_stream(source, sink, [identity])
+        partial.replace(output)
+    finally:
+        partial.unlink(missing_ok=True)
+    _print(_("Decrypted to {path}. Backups are zstd-compressed: use 'zstd -d' before pg_restore.").format(path=output))
     return 0
 
 
@@ -85,11 +98,18 @@ def cmd_backup(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from backup.catalog import list_backups
     from resguardo.keyring import load_verify_key
-    from storage.registry import open_regions
-
     db = args.config.database(args.database)
-    regions = open_regions(db.regions, args.config)
-    entries = list_backups(regions, load_verify_key(args.config), args.database, args.kind)
+    from restore.logical import open_reachable_regions
+
+    opened, unreachable = open_reachable_regions(db.regions, args.config)
+    for name, error in unreachable.items():
+        print(_("WARNING: region {region} is unreachable: {error}").format(region=name, error=error), file=sys.stderr)
+    every = list_backups(list(opened.values()), load_verify_key(args.config), args.database, args.kind,
+                         include_invalid=True)
+    entries = [e for e in every if e.manifest]
+    for rejected in (e for e in every if not e.manifest):
+        print(_("WARNING: backup {backup_id} is hidden: no manifest copy passed verification ({regions})").format(
+            backup_id=rejected.backup_id, regions=", ".join(rejected.invalid_copies)), file=sys.stderr)
     if args.json:
         _print(json.dumps([{"backup_id": e.backup_id, "regions": e.regions, "invalid_copies": e.invalid_copies,
                             "started_at": e.manifest.get("started_at"),
@@ -123,8 +143,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
         backup_id=report.backup_id, region=report.region, seconds=report.timings["total_seconds"]))
     if report.scratch is not None:
         _print(_("Scratch cluster left running for inspection: {dsn}").format(dsn=report.dsn))
-        _print(_("Stop it with: pg_ctl -D {data_dir} stop, then delete {root}").format(
-            data_dir=report.scratch.data_dir, root=report.scratch.root))
+        prefix = "runuser -u postgres -- " if report.scratch.os_user is not None else ""
+        _print(_("Stop it with: {prefix}pg_ctl -D {data_dir} stop, then delete {root}").format(
+            prefix=prefix, data_dir=report.scratch.data_dir, root=report.scratch.root))
     return 0
 
 
@@ -211,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         index = argv.index("--lang")
         if index + 1 < len(argv):
             set_language(argv[index + 1] if argv[index + 1] in ("es", "en") else None)
+    # Airflow and systemd stop tasks with SIGTERM: turn it into the same
+    # unwinding as Ctrl-C, so every upload is aborted and scratch clusters stop.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.lang:
@@ -229,6 +253,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(_("ERROR: interrupted; nothing partial was committed"), file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output (e.g. `| head`) went away; that is not an error.
+        sys.stderr.close()
+        return 0
+    except OSError as error:
+        print(_("ERROR: {message}").format(message=f"{error.strerror}: {error.filename}"), file=sys.stderr)
+        print(_("HINT: {hint}").format(hint=_("check the path and its permissions")), file=sys.stderr)
+        return 1
+    except Exception as error:  # noqa: BLE001 - last line of defence for people at a terminal
+        import psycopg
+
+        if isinstance(error, psycopg.Error):
+            print(_("ERROR: {message}").format(message=_("the database returned an error: {error}").format(
+                error=str(error).strip())), file=sys.stderr)
+            print(_("HINT: {hint}").format(hint=_("check the role's privileges and the database named in the config")),
+                  file=sys.stderr)
+            return 7
+        raise
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -290,6 +290,8 @@ def _format_pydantic_errors(error: ValidationError) -> list[str]:
         # it tells which kind was being checked.
         value = item.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if any(str(part) in ("dsn", "admin_dsn") for part in item["loc"]):
+            shown = "'***'"  # a rejected DSN may carry a password
         if len(shown) > 80:
             shown = shown[:77] + "..."
         message = item["msg"]
@@ -347,6 +349,16 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> ResguardoConf
     path = config_path(explicit)
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            _("configuration file {path} is not UTF-8 text: {error}").format(path=path, error=error.reason),
+            _("save the file as UTF-8"),
+        ) from None
+    except IsADirectoryError:
+        raise ConfigError(
+            _("configuration path {path} is a directory").format(path=path),
+            _("pass the path of the resguardo.yaml file itself"),
+        ) from None
     except FileNotFoundError:
         raise ConfigError(
             _("configuration file {path} not found").format(path=path),

@@ -49,7 +49,17 @@ def load_signing_key(config: ResguardoConfig):
             _("no signing key is configured"),
             _("set signing.private_key in the config or {env}").format(env=SIGNING_KEY_ENV),
         )
-    return load_ed25519_private(Path(chosen))
+    private = load_ed25519_private(Path(chosen))
+    from encryption.signing import public_key_id
+
+    expected = load_verify_key(config)
+    if public_key_id(private.public_key()) != public_key_id(expected):
+        raise KeyError_(
+            _("the signing key {path} does not match signing.public_key (key ids {actual} and {expected})").format(
+                path=chosen, actual=public_key_id(private.public_key()), expected=public_key_id(expected)),
+            _("configure the two halves of one Ed25519 pair; otherwise nothing signed now could be verified"),
+        )
+    return private
 
 
 def load_verify_key(config: ResguardoConfig):

@@ -20,14 +20,14 @@ from typing import Any
 from backup.catalog import CatalogEntry, find_backup
 from backup.logical import DUMP_OBJECT, _StderrCollector
 from resguardo.config import ResguardoConfig
-from resguardo.errors import ExternalToolError
+from resguardo.errors import ExternalToolError, StorageError
 from resguardo.i18n import _
 from resguardo.keyring import load_identities, load_verify_key
 from resguardo.log import get_logger
 from resguardo.pgtools import find_program
 from restore.fetch import Attempt, FetchResult, StageTimes, fetch_object
 from restore.scratch import ScratchCluster
-from storage.registry import open_regions
+from storage.registry import open_region
 
 log = get_logger("restore.logical")
 
@@ -101,6 +101,48 @@ class PgRestoreSink:
         self.process.wait()
 
 
+def open_reachable_regions(names: list[str], config: ResguardoConfig):
+    """Open each region; an unreachable one is reported, not fatal, since another may hold a copy."""
+    opened = {}
+    unreachable: dict[str, str] = {}
+    for name in names:
+        try:
+            opened[name] = open_region(name, config)
+        except StorageError as error:
+            log.warning("restore.region_unreachable", extra={"region": name, "error": error.message})
+            unreachable[name] = error.message
+    if not opened:
+        raise StorageError(
+            _("no region of this database is reachable: {detail}").format(
+                detail="; ".join(f"{k}: {v}" for k, v in unreachable.items())),
+            _("check network access, mounts and credentials for these regions"),
+        )
+    return opened, unreachable
+
+
+def _require_empty_target(dsn: str) -> None:
+    """Refuse a target database that already holds tables, so a restore never merges into data."""
+    import psycopg
+
+    try:
+        with psycopg.connect(dsn, connect_timeout=15) as conn:
+            count = conn.execute(
+                "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') "
+                "AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'"
+            ).fetchone()[0]
+    except psycopg.Error as error:
+        raise ExternalToolError(
+            _("cannot connect to the restore target: {error}").format(error=str(error).strip()),
+            _("check the --target DSN (host, port, dbname, user) and that the database exists"),
+        ) from None
+    if count:
+        raise ExternalToolError(
+            _("the restore target is not empty: it has {count} tables, views or sequences").format(count=count),
+            _("create a new empty database (createdb) and pass it with --target"),
+        )
+
+
 def _region_order(entry: CatalogEntry, region_names: list[str], prefer: list[str] | None) -> list[str]:
     order = list(prefer or []) + [n for n in region_names if n not in (prefer or [])]
     return [n for n in order if n in entry.manifest["objects"][0]["regions"]]
@@ -130,8 +172,8 @@ def restore_logical(
 
     verify_key = load_verify_key(config)
     identities = load_identities(config, identity_file)
-    region_names = list(dict.fromkeys(db.regions + list(prefer_regions or [])))
-    regions_by_name = {r.name: r for r in open_regions(region_names, config)}
+    region_names = list(dict.fromkeys(list(prefer_regions or []) + db.regions))
+    regions_by_name, unreachable = open_reachable_regions(region_names, config)
     entry = find_backup(list(regions_by_name.values()), verify_key, database, "logical", backup_id)
     manifest = entry.manifest
     dump_entry = next(o for o in manifest["objects"] if o["name"] == DUMP_OBJECT)
@@ -162,7 +204,9 @@ def restore_logical(
         no_owner = False if keep_owners is None else not keep_owners
 
     pg_restore = str(find_program("pg_restore", config.resolve(config.postgres_bindir)))
-    order = _region_order(entry, db.regions, prefer_regions)
+    if target_dsn is not None:
+        _require_empty_target(target_dsn)
+    order = [n for n in _region_order(entry, region_names, prefer_regions) if n in regions_by_name]
     step = time.monotonic()
     try:
         result: FetchResult[int] = fetch_object(
@@ -178,6 +222,8 @@ def restore_logical(
             scratch.destroy()
         raise
     timings["restore_seconds"] = round(time.monotonic() - step, 3)
+    skipped = [Attempt(name, "-", "unreachable", error) for name, error in unreachable.items()]
+    result.attempts[:0] = skipped
     timings["total_seconds"] = round(time.monotonic() - started, 3)
     log.info("restore.done", extra={"database": database, "backup_id": entry.backup_id, "region": result.region,
                                     "attempts": len(result.attempts), "seconds": timings["total_seconds"]})

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 
@@ -42,11 +41,15 @@ def test_backup_rss_bounded(tmp_path, keys_dir):
             databases={"grande": {"dsn": cluster.dsn("grande"), "regions": ["fs-a", "fs-b"]}},
         )
         env = dict(os.environ, RESGUARDO_CONFIG=str(path))
+        # VmHWM is the peak RSS of this process image. ru_maxrss would not do:
+        # Linux carries it across fork and exec, so it would include pytest's own
+        # peak, inherited through the fork.
         script = (
-            "import resource, sys\n"
+            "import sys\n"
             "from resguardo.cli import main\n"
             "status = main(['backup', 'grande'])\n"
-            "print('MAXRSS_KIB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+            "print('MAXRSS_KIB', hwm)\n"
             "sys.exit(status)\n"
         )
         result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)

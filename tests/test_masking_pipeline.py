@@ -20,6 +20,12 @@ from tests.conftest import write_config
 POLICY_PATH = Path(__file__).resolve().parent.parent / "masking" / "examples" / "demo-policy.yaml"
 
 
+@pytest.fixture(autouse=True)
+def english_messages(monkeypatch):
+    """Assert on the English msgids; the Spanish catalog is checked by tests/test_i18n.py."""
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+
+
 @pytest.fixture(scope="module")
 def demo_cluster():
     with ScratchCluster(name="masking-pipeline") as cluster:
@@ -103,9 +109,10 @@ def test_refresh_rejects_uncovered_column_and_records_failure(setup, demo_cluste
     from backup.logical import run_logical_backup
 
     try:
-        run_logical_backup(config, "demo")
+        # Name the backup: two backups taken within one second may sort either way under "latest".
+        backup_id = run_logical_backup(config, "demo").backup_id
         with pytest.raises(PolicyError) as caught:
-            run_masked_refresh(config, "demo", "qa", triggered_by="test")
+            run_masked_refresh(config, "demo", "qa", backup_id=backup_id, triggered_by="test")
         assert "public.clientes.apodo: no rule" in caught.value.message
         records = [r for r in evidence_records(directory) if r["kind"] == "masking"]
         assert records[-1]["outcome"] == "failed"
