@@ -127,13 +127,9 @@ def server_running(data_dir: Path, bindir: Path | None = None) -> bool:
 
 def controldata_state(data_dir: Path, bindir: Path | None = None) -> str:
     """Return the ``Database cluster state`` line of pg_controldata, e.g. ``shut down``."""
-    result = run_checked([str(find_program("pg_controldata", bindir)), "-D", str(data_dir)],
-                         what="pg_controldata", as_server_user=True, timeout=60)
-    for line in result.stdout.splitlines():
-        label, _sep, value = line.partition(":")
-        if label.strip() == "Database cluster state":
-            return value.strip()
-    return "unknown"
+    from restore.pitr_server import controldata
+
+    return controldata(find_program("pg_controldata", bindir).parent, data_dir).get("Database cluster state", "unknown")
 
 
 def _single_user_recovery(data_dir: Path, bindir: Path | None) -> None:

@@ -19,8 +19,9 @@ server. Two *scenarios*:
 
 Steps measured, in order: ``detect`` (marker written, source checked),
 ``fetch`` (data copied), ``restore`` (server started and consistent),
-``replay`` (WAL replayed and the copy promoted), ``validate``
-(:mod:`drills.validation`) and ``open`` (a write committed in the copy).
+``replay`` (WAL replayed and the copy promoted), ``rpo`` (storage scenario
+only: the copy's newest commit found), ``validate`` (:mod:`drills.validation`)
+and ``open`` (a write committed in the copy).
 
 *Measured RTO*: wall time from the marker commit (the simulated loss of the
 primary) to the end of ``open``: a validated database that accepts writes.
@@ -46,16 +47,17 @@ position) is reported next to it.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from drills import records
-from drills.timeline import OUTCOME_OK, Timeline, iso, utc_now
+from drills.timeline import OUTCOME_FAILED, OUTCOME_OK, Step, Timeline, iso, utc_now
 from drills.topology import DR_SCHEMA, Node, Topology, load_topology, parse_lsn, parse_time, probe
 from drills.validation import reference_structure, suite_dir_for, validate_database
 from resguardo.config import ResguardoConfig
@@ -81,17 +83,6 @@ ISOLATION_SETTINGS: dict[str, str | int] = {
     "synchronous_standby_names": "",
     "hot_standby": "on",
 }
-
-# pg_controldata labels of the settings a hot standby must not set lower
-# than the primary did; a copy that starts with smaller values stops recovery.
-_CONTROL_MINIMUMS = {
-    "max_connections setting": "max_connections",
-    "max_worker_processes setting": "max_worker_processes",
-    "max_wal_senders setting": "max_wal_senders",
-    "max_prepared_xacts setting": "max_prepared_transactions",
-    "max_locks_per_xact setting": "max_locks_per_transaction",
-}
-
 
 class RehearsalError(ResguardoError):
     """A rehearsal could not run (as opposed to running and missing a target)."""
@@ -233,19 +224,6 @@ def measure_copy_rpo(conn: psycopg.Connection, marker: dict[str, Any]) -> dict[s
 # -- copies ------------------------------------------------------------------------------
 
 
-def hot_standby_minimums(data_dir: Path, bindir: Path | None = None) -> dict[str, int]:
-    """Return the settings a copy of ``data_dir`` needs to be at least, read with pg_controldata."""
-    result = run_checked([str(find_program("pg_controldata", bindir)), "-D", str(data_dir)],
-                         what="pg_controldata", as_server_user=True, timeout=60)
-    minimums: dict[str, int] = {}
-    for line in result.stdout.splitlines():
-        label, _sep, value = line.partition(":")
-        setting = _CONTROL_MINIMUMS.get(label.strip())
-        if setting and value.strip().isdigit():
-            minimums[setting] = int(value.strip())
-    return minimums
-
-
 def _open_copy(scratch, dbname: str, run_id: str, scenario: str) -> dict[str, Any]:
     """Commit a probe row in the copy; proves it accepts writes."""
     with psycopg.connect(scratch.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
@@ -311,7 +289,12 @@ def rehearse_replica(config: ResguardoConfig, database: str, *, topology: Topolo
             detail["bytes"] = sum(p.stat().st_size for p in scratch.data_dir.rglob("*") if p.is_file())
 
         with timeline.step("restore", **context) as detail:
-            settings = {**ISOLATION_SETTINGS, **hot_standby_minimums(scratch.data_dir, bindir)}
+            from restore.pitr_server import controldata, hot_standby_minimums
+
+            # A hot standby refuses to replay with lower max_connections (and
+            # similar) than the primary had, so the copy takes the primary's.
+            minimums = hot_standby_minimums(controldata(scratch.bindir, scratch.data_dir))
+            settings = {**ISOLATION_SETTINGS, **minimums}
             scratch.write_settings(settings)
             from resguardo.pgtools import chown_tree
 
@@ -341,8 +324,14 @@ def rehearse_replica(config: ResguardoConfig, database: str, *, topology: Topolo
 
 
 def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topology | None = None,
-                     run_id: str | None = None, keep: bool = False) -> RehearsalResult:
-    """Rebuild from storage only (newest base backup plus archived WAL) and measure; record evidence."""
+                     run_id: str | None = None, keep: bool = False,
+                     pitr_options: dict[str, Any] | None = None) -> RehearsalResult:
+    """Rebuild from storage only (newest base backup plus archived WAL) and measure; record evidence.
+
+    ``pitr_options`` are passed to ``restore.pitr.restore_pitr`` (for example
+    ``config_file`` and ``wal_fetch_command``, which the copy's
+    ``restore_command`` runs as the server's OS user).
+    """
     topology = topology or load_topology(config, database)
     bindir = config.resolve(config.postgres_bindir)
     result = _new_result(topology, database, SCENARIO_STORAGE, run_id)
@@ -351,32 +340,29 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
     dbname = _dbname(topology.primary)
     context = {"run_id": result.run_id, "database": database, "scenario": SCENARIO_STORAGE}
     try:
-        try:
-            from restore.pitr import restore_pitr
-        except ImportError:
-            raise RehearsalError(
-                _("the point-in-time recovery engine (restore.pitr) is not installed"),
-                _("the storage scenario needs restore.pitr; run the replica scenario meanwhile"),
-            ) from None
+        from restore.pitr import restore_pitr
 
         with timeline.step("detect", **context) as detail:
             result.marker, structure = insert_marker(topology.primary, result.run_id, SCENARIO_STORAGE)
             started = parse_time(result.marker["created_at"])
             detail["marker_lsn"] = result.marker["lsn"]
 
-        with timeline.step("fetch", **context) as detail:
-            from restore.scratch import ScratchCluster
+        from restore.scratch import ScratchCluster
 
-            scratch = ScratchCluster(bindir=bindir, name=f"dr-storage-{database}", initdb=False)
-            # restore_pitr fetches, unpacks, replays and promotes in one call;
-            # its own timings split this step (see the step details).
-            report = restore_pitr(config, database, target="latest", scratch=scratch, promote=True)
-            detail.update(_report_facts(report))
-            result.source = {"backup": detail.get("backup_id"), "pitr": detail}
+        scratch = ScratchCluster(bindir=bindir, name=f"dr-storage-{database}", initdb=False)
+        call_started_at = utc_now()
+        call_started = time.monotonic()
+        try:
+            # The rehearsal writes its own evidence record, which contains this report.
+            report = restore_pitr(config, database, scratch=scratch, promote=True, record_evidence=False,
+                                  **(pitr_options or {}))
+        except ResguardoError as error:
+            timeline.steps.extend(_pitr_steps(call_started_at, time.monotonic() - call_started, {}, error.message))
+            raise
+        timeline.steps.extend(_pitr_steps(call_started_at, time.monotonic() - call_started, report.timings, None))
+        result.source = {"backup": report.backup_id, "pitr": _pitr_facts(report)}
 
-        with timeline.step("replay", **context) as detail:
-            if not scratch.running:
-                scratch.start(timeout=3600)
+        with timeline.step("rpo", **context) as detail:
             detail.update(_promote_copy(scratch, dbname))
             with psycopg.connect(scratch.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
                 rpo = measure_copy_rpo(conn, result.marker)
@@ -389,6 +375,10 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
         _validate_and_open(config, database, result, timeline, scratch, dbname, structure, context)
         result.rto_seconds = round((utc_now() - started).total_seconds(), 3)
         result.rpo_seconds, result.rpo_method, result.lost_bytes = rpo["rpo_seconds"], rpo["rpo_method"], rpo["lost_bytes"]
+    except ImportError as error:
+        result.error = _("the point-in-time recovery engine (restore.pitr) is not installed: {error}").format(
+            error=error)
+        log.error("drills.rehearsal.failed", extra={**context, "error": result.error})
     except (ResguardoError, psycopg.Error) as error:
         result.error = _error_text(error)
         log.error("drills.rehearsal.failed", extra={**context, "error": result.error})
@@ -399,23 +389,44 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
     return _conclude(config, result)
 
 
+def _pitr_steps(started_at: dt.datetime, wall_seconds: float, timings: dict[str, float],
+                error: str | None) -> list[Step]:
+    """Split the wall time of one ``restore_pitr`` call into the fetch, restore and replay steps.
+
+    ``restore_pitr`` reports ``fetch_seconds`` (download and unpack),
+    ``verify_seconds`` (pg_verifybackup), ``preflight_seconds`` (one
+    ``restore_command`` trial) and ``recovery_seconds`` (server start, WAL
+    replay, promotion). Time it does not report (catalog listing, settings)
+    is added to ``fetch``, so the three steps sum to the call's wall time.
+    """
+    fetch = timings.get("fetch_seconds", 0.0)
+    restore = timings.get("verify_seconds", 0.0) + timings.get("preflight_seconds", 0.0)
+    replay = timings.get("recovery_seconds", 0.0)
+    fetch += max(0.0, wall_seconds - fetch - restore - replay)
+    if error is not None:
+        return [Step("fetch", iso(started_at), round(wall_seconds, 3), OUTCOME_FAILED, {}, error)]
+    steps = []
+    offset = 0.0
+    for name, seconds in (("fetch", fetch), ("restore", restore), ("replay", replay)):
+        steps.append(Step(name, iso(started_at + dt.timedelta(seconds=offset)), round(seconds, 3), OUTCOME_OK,
+                          {"source": "restore_pitr timings"}))
+        offset += seconds
+    return steps
+
+
+def _pitr_facts(report: Any) -> dict[str, Any]:
+    """Return the JSON-ready facts of a PITR report that go into evidence."""
+    return {key: value for key, value in report.to_dict().items()
+            if key in ("backup_id", "target", "target_timeline", "outcome", "region", "stop_point",
+                       "recovered_lsn", "last_transaction_time", "new_timeline", "wal_files_restored",
+                       "fetch_attempts", "timings", "tried_backups")}
+
+
 def _error_text(error: BaseException) -> str:
     if isinstance(error, ResguardoError):
         return error.message
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
-
-
-def _report_facts(report: Any) -> dict[str, Any]:
-    """Pick the JSON-ready facts of a PITR report (backup id, timings, target)."""
-    facts: dict[str, Any] = {}
-    for name in ("backup_id", "target", "recovery_target", "timeline", "end_lsn", "wal_files", "timings"):
-        value = getattr(report, name, None)
-        if value is None and isinstance(report, dict):
-            value = report.get(name)
-        if isinstance(value, (str, int, float, bool, dict, list)):
-            facts[name] = value
-    return facts
 
 
 def _validate_and_open(config: ResguardoConfig, database: str, result: RehearsalResult, timeline: Timeline,
@@ -468,14 +479,16 @@ def _conclude(config: ResguardoConfig, result: RehearsalResult) -> RehearsalResu
 
 
 def run_rehearsal(config: ResguardoConfig, database: str, *, scenarios: tuple[str, ...] = SCENARIOS,
-                  topology: Topology | None = None, keep: bool = False) -> list[RehearsalResult]:
+                  topology: Topology | None = None, keep: bool = False,
+                  pitr_options: dict[str, Any] | None = None) -> list[RehearsalResult]:
     """Run the requested scenarios one after the other under one run id; return their results."""
     topology = topology or load_topology(config, database)
     run_id = str(uuid.uuid4())
     results = []
     for scenario in scenarios:
         if scenario == SCENARIO_STORAGE:
-            results.append(rehearse_storage(config, database, topology=topology, run_id=run_id, keep=keep))
+            results.append(rehearse_storage(config, database, topology=topology, run_id=run_id, keep=keep,
+                                            pitr_options=pitr_options))
         elif scenario == SCENARIO_REPLICA:
             results.append(rehearse_replica(config, database, topology=topology, run_id=run_id, keep=keep))
         else:

@@ -33,6 +33,7 @@ def _step_label(name: str) -> str:
         "fetch": _("Fetch (copy the data)"),
         "restore": _("Restore (start until consistent)"),
         "replay": _("Replay WAL and promote"),
+        "rpo": _("Measure RPO (newest commit in the copy)"),
         "validate": _("Validate"),
         "open": _("Open for connections (first write)"),
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Any
 
 from evidence.record import SIGNATURE_VALID, signature_status
@@ -30,6 +31,8 @@ def register(subparsers: Any) -> None:
         "verify", help=_("check the whole evidence chain: signatures, links, sequence numbers and head checkpoint")
     )
     verify.add_argument("--json", action="store_true", help=_("print the report as JSON"))
+    verify.add_argument("--allow-empty", action="store_true",
+                        help=_("accept a chain with no records (a new installation)"))
     verify.set_defaults(handler=cmd_verify)
 
     listing = actions.add_parser("list", help=_("list evidence records, oldest first"))
@@ -56,6 +59,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), flush=True)
     else:
         print(report.summary(), flush=True)
+    if report.ok and report.records == 0 and not args.allow_empty:
+        # An empty chain is what a wiped bucket or a wrong mount looks like too.
+        print(IntegrityError(
+            _("the evidence chain {where} has no records").format(where=report.where),
+            _("check evidence.region and evidence.prefix and that the volume is mounted; "
+              "on a new installation pass --allow-empty"),
+        ).render(), file=sys.stderr, flush=True)
+        return IntegrityError.exit_status
     return 0 if report.ok else IntegrityError.exit_status
 
 

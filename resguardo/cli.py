@@ -124,6 +124,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         size = sum(o["size"] for o in e.manifest.get("objects", []))
         regions_text = ", ".join(e.regions)
+        quorum = e.manifest.get("quorum") or len(e.regions)
+        if len(e.regions) < quorum:
+            regions_text += "  " + _("(below quorum: {count} of {quorum} regions hold a valid manifest)").format(
+                count=len(e.regions), quorum=quorum)
         if e.invalid_copies:
             regions_text += "  " + _("(invalid copy in: {regions})").format(regions=", ".join(e.invalid_copies))
         _print(f"{e.backup_id:<24} {e.manifest.get('started_at', ''):<28} {size:>14}  {regions_text}")
@@ -152,12 +156,35 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from restore.verify import run_restore_test, summarize
 
-    outcome = run_restore_test(args.config, args.database, backup_id=args.backup_id, triggered_by=args.triggered_by)
-    _print(summarize(outcome))
+    from resguardo.keyring import load_verify_key
+
+    outcome = run_restore_test(args.config, args.database, backup_id=args.backup_id, triggered_by=args.triggered_by,
+                               identity_file=args.identity)
+    _print(summarize(outcome, public_key=load_verify_key(args.config)))
     return 0 if outcome.passed else 8
 
 
 # -- parser ----------------------------------------------------------------------
+
+
+# argparse's own texts ("usage:", "options", its error messages) go through
+# the module-level gettext functions of argparse; routing them to our catalog
+# makes help and usage errors follow the configured language as well.
+ARGPARSE_MESSAGES = (
+    "usage: ", "positional arguments", "options", "show this help message and exit",
+    "the following arguments are required: %s", "unrecognized arguments: %s",
+    "invalid choice: %(value)r (choose from %(choices)s)", "argument %(argument_name)s: %(message)s",
+    "%(prog)s: error: %(message)s\n", "expected one argument", "invalid %(type)s value: %(value)r",
+    "ambiguous option: %(option)s could match %(matches)s", "not allowed with argument %s",
+    "one of the arguments %s is required", "expected at least one argument", "expected at most one argument",
+)
+
+
+def _translate_argparse() -> None:
+    from resguardo.i18n import gettext
+
+    argparse._ = gettext
+    argparse.ngettext = lambda singular, plural, count: gettext(singular if count == 1 else plural)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     dec.set_defaults(handler=cmd_decrypt, needs_config=False)
 
     ins = sub.add_parser("inspect", help=_("show the header of an encrypted object (no key needed)"))
-    ins.add_argument("input")
+    ins.add_argument("input", help=_("encrypted object file"))
     ins.set_defaults(handler=cmd_inspect, needs_config=False)
 
     bak = sub.add_parser("backup", help=_("take an encrypted logical backup into every required region"))
@@ -195,13 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     bak.set_defaults(handler=cmd_backup)
 
     lst = sub.add_parser("list", help=_("list committed backups"))
-    lst.add_argument("database")
-    lst.add_argument("--kind", choices=("logical", "base"), default="logical")
+    lst.add_argument("database", help=_("database name as configured"))
+    lst.add_argument("--kind", choices=("logical", "base"), default="logical",
+                     help=_("logical (pg_dump) or base (physical base backups)"))
     lst.add_argument("--json", action="store_true", help=_("machine-readable output"))
     lst.set_defaults(handler=cmd_list)
 
     res = sub.add_parser("restore", help=_("restore a logical backup into a database or a scratch cluster"))
-    res.add_argument("database")
+    res.add_argument("database", help=_("database name as configured"))
     res.add_argument("--backup-id", default="latest", help=_("backup id (default: latest)"))
     res.add_argument("--target", help=_("DSN of an existing empty database; default: a new scratch cluster"))
     res.add_argument("--prefer-region", action="append", help=_("region to read first (repeatable)"))
@@ -209,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
     res.set_defaults(handler=cmd_restore)
 
     ver = sub.add_parser("verify", help=_("restore test: restore into scratch, validate with GX, write evidence"))
-    ver.add_argument("database")
-    ver.add_argument("--backup-id", default="latest")
-    ver.add_argument("--triggered-by", default="cli")
+    ver.add_argument("database", help=_("database name as configured"))
+    ver.add_argument("--backup-id", default="latest", help=_("backup id (default: latest)"))
+    ver.add_argument("--triggered-by", default="cli", help=_("who or what started it, recorded in the evidence"))
+    ver.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
     ver.set_defaults(handler=cmd_verify)
 
     for module_name in COMMAND_MODULES:
@@ -235,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     # Airflow and systemd stop tasks with SIGTERM: turn it into the same
     # unwinding as Ctrl-C, so every upload is aborted and scratch clusters stop.
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    _translate_argparse()
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.lang:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from resguardo.errors import ConfigError
 from resguardo.i18n import _, set_language
@@ -194,57 +194,16 @@ class ResguardoConfig(_Model):
     # Kept outside the model fields: the directory relative paths resolve against.
     base_dir: Path = Field(Path("."), exclude=True)
 
-    @field_validator("regions", "databases")
+    @field_validator("timezone")
     @classmethod
-    def _valid_names(cls, value: dict[str, Any]) -> dict[str, Any]:
-        for name in value:
-            if not re.match(NAME_PATTERN, name):
-                raise ValueError(
-                    _("invalid name {name!r}: use lowercase letters, digits, '-' and '_', starting with a letter").format(
-                        name=name
-                    )
-                )
-        return value
+    def _valid_timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-    @model_validator(mode="after")
-    def _cross_references(self) -> "ResguardoConfig":
-        problems: list[str] = []
-        if self.evidence.region not in self.regions:
-            problems.append(
-                _("evidence.region: region {name!r} is not defined under regions").format(name=self.evidence.region)
-            )
-        for db_name, db in self.databases.items():
-            for region in db.regions:
-                if region not in self.regions:
-                    problems.append(
-                        _("databases.{db}.regions: region {name!r} is not defined under regions").format(
-                            db=db_name, name=region
-                        )
-                    )
-                if region == self.evidence.region:
-                    problems.append(
-                        _("databases.{db}.regions: {name!r} is the evidence region; keep evidence apart from backups").format(
-                            db=db_name, name=region
-                        )
-                    )
-            for region in db.pitr.wal_regions or []:
-                if region not in self.regions:
-                    problems.append(
-                        _("databases.{db}.pitr.wal_regions: region {name!r} is not defined under regions").format(
-                            db=db_name, name=region
-                        )
-                    )
-            if len(set(db.regions)) != len(db.regions):
-                problems.append(_("databases.{db}.regions: a region is listed twice").format(db=db_name))
-            if db.quorum is not None and db.quorum > len(db.regions):
-                problems.append(
-                    _("databases.{db}.quorum: {quorum} is more than the {count} regions listed").format(
-                        db=db_name, quorum=db.quorum, count=len(db.regions)
-                    )
-                )
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(_("unknown time zone; use an IANA name such as America/Guayaquil")) from None
+        return value
 
     def resolve(self, path: Path | None) -> Path | None:
         """Return ``path`` made absolute against the config file's directory."""
@@ -264,6 +223,89 @@ class ResguardoConfig(_Model):
                     names=", ".join(sorted(self.databases)) or "-"
                 ),
             ) from None
+
+
+def _cross_reference_problems(data: dict[str, Any]) -> list[str]:
+    """Check names and references between sections on the raw document.
+
+    This runs even when fields are invalid, so one run lists every problem.
+    """
+    problems: list[str] = []
+    regions = data.get("regions") if isinstance(data.get("regions"), dict) else {}
+    databases = data.get("databases") if isinstance(data.get("databases"), dict) else {}
+    for section, names in (("regions", regions), ("databases", databases)):
+        for name in names:
+            if not re.match(NAME_PATTERN, str(name)):
+                problems.append(
+                    _("{section}.{name}: invalid name; use lowercase letters, digits, '-' and '_', starting with a letter")
+                    .format(section=section, name=name)
+                )
+    evidence = data.get("evidence") if isinstance(data.get("evidence"), dict) else {}
+    evidence_region = evidence.get("region")
+    if evidence_region is not None and evidence_region not in regions:
+        problems.append(_("evidence.region: region {name!r} is not defined under regions").format(name=evidence_region))
+    paths: dict[str, str] = {}
+    for name, region in regions.items():
+        if isinstance(region, dict) and region.get("kind") == "filesystem" and region.get("path"):
+            normalised = os.path.normpath(str(region["path"]))
+            if normalised in paths:
+                problems.append(
+                    _("regions.{name}.path: same directory as region {other}; each region needs its own location")
+                    .format(name=name, other=paths[normalised])
+                )
+            paths[normalised] = name
+    for db_name, db in databases.items():
+        if not isinstance(db, dict):
+            continue
+        listed = db.get("regions") if isinstance(db.get("regions"), list) else []
+        for region in listed:
+            if region not in regions:
+                problems.append(
+                    _("databases.{db}.regions: region {name!r} is not defined under regions").format(
+                        db=db_name, name=region)
+                )
+            if region == evidence_region:
+                problems.append(
+                    _("databases.{db}.regions: {name!r} is the evidence region; keep evidence apart from backups")
+                    .format(db=db_name, name=region)
+                )
+        if len(set(map(str, listed))) != len(listed):
+            problems.append(_("databases.{db}.regions: a region is listed twice").format(db=db_name))
+        quorum = db.get("quorum")
+        if isinstance(quorum, int) and listed and quorum > len(listed):
+            problems.append(
+                _("databases.{db}.quorum: {quorum} is more than the {count} regions listed").format(
+                    db=db_name, quorum=quorum, count=len(listed))
+            )
+        pitr = db.get("pitr") if isinstance(db.get("pitr"), dict) else {}
+        for region in pitr.get("wal_regions") or []:
+            if region not in regions:
+                problems.append(
+                    _("databases.{db}.pitr.wal_regions: region {name!r} is not defined under regions").format(
+                        db=db_name, name=region)
+                )
+        for key_path, value in _schedules(db):
+            if value not in (None, "asset") and not _valid_cron(str(value)):
+                problems.append(
+                    _("databases.{db}.{key}: invalid cron expression {value!r}; use five fields, e.g. '0 2 * * *'")
+                    .format(db=db_name, key=key_path, value=value)
+                )
+    return problems
+
+
+def _schedules(db: dict[str, Any]):
+    yield "schedule", db.get("schedule")
+    for section, key in (("restore_test", "schedule"), ("pitr", "base_backup_schedule"),
+                         ("pitr", "archive_check_schedule"), ("dr", "rehearsal_schedule")):
+        part = db.get(section)
+        if isinstance(part, dict) and key in part:
+            yield f"{section}.{key}", part[key]
+
+
+def _valid_cron(expression: str) -> bool:
+    from croniter import croniter
+
+    return len(expression.split()) == 5 and croniter.is_valid(expression)
 
 
 def _find_inline_secrets(node: Any, path: str, problems: list[str]) -> None:
@@ -294,7 +336,7 @@ def _format_pydantic_errors(error: ValidationError) -> list[str]:
             shown = "'***'"  # a rejected DSN may carry a password
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        message = item["msg"]
+        message = _pydantic_reason(item)
         if item["type"] == "missing":
             lines.append(_("{location}: required key is missing").format(location=location))
         elif item["type"] == "extra_forbidden":
@@ -306,6 +348,42 @@ def _format_pydantic_errors(error: ValidationError) -> list[str]:
                 )
             )
     return lines
+
+
+def _pydantic_reason(item: dict[str, Any]) -> str:
+    """Return pydantic's reason for one error in the active language."""
+    context = item.get("ctx") or {}
+    kind = item["type"]
+    reasons = {
+        "int_parsing": _("expected a whole number"),
+        "int_type": _("expected a whole number"),
+        "bool_parsing": _("expected true or false"),
+        "bool_type": _("expected true or false"),
+        "string_type": _("expected text"),
+        "list_type": _("expected a list"),
+        "dict_type": _("expected a mapping of keys to values"),
+        "model_type": _("expected a mapping of keys to values"),
+        "string_pattern_mismatch": _("does not match the pattern {pattern}"),
+        "too_short": _("needs at least {min_length} items"),
+        "too_long": _("allows at most {max_length} items"),
+        "greater_than_equal": _("must be at least {ge}"),
+        "less_than_equal": _("must be at most {le}"),
+        "greater_than": _("must be more than {gt}"),
+        "literal_error": _("must be one of {expected}"),
+        "union_tag_invalid": _("unknown kind {tag}; use one of {expected_tags}"),
+        "union_tag_not_found": _("the key 'kind' is missing; use one of s3, gcs, filesystem"),
+        "path_type": _("expected a file path"),
+    }
+    if kind == "value_error":
+        error = context.get("error")
+        return str(error) if error is not None else item["msg"]
+    template = reasons.get(kind)
+    if template is None:
+        return item["msg"]
+    try:
+        return template.format(**{k: v for k, v in context.items()})
+    except (KeyError, IndexError):
+        return item["msg"]
 
 
 def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -327,14 +405,15 @@ def parse_config(data: Any, base_dir: Path, source: str = "<memory>") -> Resguar
         )
     problems: list[str] = []
     _find_inline_secrets(data, "", problems)
+    problems.extend(_cross_reference_problems(data))
     try:
         config = ResguardoConfig.model_validate({**data, "base_dir": base_dir})
     except ValidationError as error:
-        problems.extend(_format_pydantic_errors(error))
+        problems.extend(p for p in _format_pydantic_errors(error) if p not in problems)
         config = None
     if problems:
         raise ConfigError(
-            _("configuration {source} is invalid ({count} problems):").format(source=source, count=len(problems))
+            _("configuration {source} is invalid; problems found: {count}").format(source=source, count=len(problems))
             + "\n  - "
             + "\n  - ".join(problems),
             _("fix each key listed above; resguardo.example.yaml documents every key"),

@@ -52,8 +52,17 @@ def find_program(name: str, bindir: Path | None = None) -> Path:
     Search order: ``bindir``, ``RESGUARDO_PG_BINDIR``, ``pg_config --bindir``,
     ``/usr/lib/postgresql/<newest>/bin``, then ``PATH``.
     """
-    search = ([bindir] if bindir else []) + list(_candidate_bindirs())
-    for directory in search:
+    if bindir is not None:
+        # An explicit directory (postgres_bindir in the config) must be obeyed:
+        # silently using another version's program could make an unrestorable dump.
+        candidate = Path(bindir) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate
+        raise ExternalToolError(
+            _("PostgreSQL program {name} not found in {bindir} (postgres_bindir)").format(name=name, bindir=bindir),
+            _("fix postgres_bindir in the config, or remove it to search the usual places"),
+        )
+    for directory in _candidate_bindirs():
         candidate = Path(directory) / name
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate

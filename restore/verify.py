@@ -53,6 +53,21 @@ class RestoreTestOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def _resolve_backup_id(config: ResguardoConfig, database: str, backup_id: str | None) -> str | None:
+    """Return the concrete id ``latest`` stands for, so even a failed test names its backup."""
+    from backup.catalog import find_backup
+    from resguardo.keyring import load_verify_key
+    from restore.logical import open_reachable_regions
+
+    if backup_id not in (None, "latest"):
+        return backup_id
+    try:
+        regions, _unreachable = open_reachable_regions(config.database(database).regions, config)
+        return find_backup(list(regions.values()), load_verify_key(config), database, "logical").backup_id
+    except ResguardoError:
+        return backup_id  # the restore step reports the same problem in full
+
+
 def _suite_dir(config: ResguardoConfig, database: str) -> Path | None:
     configured = config.database(database).restore_test.expectations_dir
     if configured is not None:
@@ -67,6 +82,7 @@ def run_restore_test(
     *,
     backup_id: str | None = "latest",
     triggered_by: str = "cli",
+    identity_file: str | None = None,
 ) -> RestoreTestOutcome:
     """Run one restore test and append its evidence record; never raises for a failed test.
 
@@ -89,7 +105,7 @@ def run_restore_test(
         },
         "started_at": started_at.isoformat(),
     }
-    subject: dict[str, Any] = {"backup_id": backup_id, "kind": "logical"}
+    subject: dict[str, Any] = {"backup_id": _resolve_backup_id(config, database, backup_id), "kind": "logical"}
     scratch = ScratchCluster(bindir=config.resolve(config.postgres_bindir), name=f"verify-{database}")
     passed = False
     error_text: str | None = None
@@ -98,7 +114,8 @@ def run_restore_test(
         scratch.start()
         timings["scratch_start"] = round(time.monotonic() - step, 3)
 
-        report = restore_logical(config, database, backup_id=backup_id, scratch=scratch)
+        report = restore_logical(config, database, backup_id=backup_id, scratch=scratch,
+                                 identity_file=identity_file)
         subject["backup_id"] = report.backup_id
         timings["download"] = report.stages.download
         timings["decrypt"] = report.stages.decrypt
