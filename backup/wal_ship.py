@@ -28,7 +28,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from backup.wal_format import archive_file_kind
-from backup.wal_spool import ensure_spool, file_lock, read_marker, remove_marker, shipped_dir, write_marker
+from backup.wal_spool import (
+    ensure_spool,
+    file_identity,
+    file_lock,
+    read_marker,
+    remove_marker,
+    shipped_dir,
+    write_marker,
+)
 from resguardo.errors import ConfigError
 from resguardo.i18n import _
 from resguardo.log import get_logger
@@ -109,8 +117,12 @@ class WalShipper:
             with file_lock(self.spool, name):
                 if read_marker(self.spool, name) is not None:
                     return
+                before = file_identity(path)
                 result = self.archive.push(path, control_system_identifier=self.system_identifier)
-                write_marker(self.spool, name, result.plaintext_sha256, result.plaintext_size)
+                # A file changed while it was read gets no marker; wal-push then pushes it itself.
+                identity = before if file_identity(path) == before else None
+                if identity is not None or result.plaintext_sha256:
+                    write_marker(self.spool, name, result.plaintext_sha256, result.plaintext_size, identity)
             with self._lock:
                 if result.written:
                     self.stats.shipped += 1

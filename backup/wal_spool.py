@@ -6,9 +6,12 @@ Terms:
   ``<state_dir>/spool/<database>``, on the database host. It holds no WAL, only
   the small files below, so acknowledging a file never depends on a local copy.
 - *shipped marker*: ``shipped/<file name>``, a JSON object with the plaintext
-  size and SHA-256 of a WAL file that ``wal-ship`` stored in every WAL region.
-  The marker is written, flushed to disk, only after every region confirmed
-  the upload.
+  size and SHA-256 of a WAL file that ``wal-ship`` stored in every WAL region,
+  and the file's *identity*: device, inode, size, modification and change
+  times (``st_ctime_ns`` changes on every write and cannot be set by
+  ``utime``). The marker is written, flushed to disk, only after every region
+  confirmed the upload, and only when the identity was the same before and
+  after the file was read.
 - *file lock*: an exclusive ``flock`` on one of ``locks/<n>.lock`` (the file
   name hashed into a fixed set of lock files, so lock files are never
   deleted while someone waits on them). ``wal-push`` and ``wal-ship`` take it
@@ -16,8 +19,10 @@ Terms:
   twice at once.
 
 ``wal-push`` acknowledges a file from its marker only when the file in
-``pg_wal`` still has the recorded SHA-256, so "acknowledged" keeps meaning
-"stored in every WAL region" in asynchronous mode too.
+``pg_wal`` still has the recorded identity (or, for a marker without one, the
+recorded SHA-256), so "acknowledged" keeps meaning "stored in every WAL
+region" in asynchronous mode too. Comparing the identity instead of hashing
+16 MiB again saves about 20 ms per file.
 
 This module imports only the standard library: ``wal-push`` runs it once per
 WAL file before anything else is loaded.
@@ -76,12 +81,18 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def write_marker(spool: Path, name: str, sha256: str, size: int) -> None:
+def file_identity(path: Path) -> list[int]:
+    """Return [device, inode, size, mtime_ns, ctime_ns] of the file at ``path``."""
+    result = os.stat(path)
+    return [result.st_dev, result.st_ino, result.st_size, result.st_mtime_ns, result.st_ctime_ns]
+
+
+def write_marker(spool: Path, name: str, sha256: str, size: int, identity: list[int] | None = None) -> None:
     """Record durably that WAL file ``name`` with this content is in every WAL region."""
     directory = shipped_dir(spool)
     temporary = directory / f".{name}.tmp"
     with open(temporary, "w", encoding="ascii") as handle:
-        json.dump({"sha256": sha256, "size": size}, handle)
+        json.dump({"sha256": sha256, "size": size, "identity": identity}, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, directory / name)
@@ -120,6 +131,13 @@ def acknowledge_from_marker(spool: Path, path: Path) -> bool:
     marker = read_marker(spool, name)
     if marker is None:
         return False
-    sha256, size = file_sha256(path)
+    if isinstance(marker.get("identity"), list):
+        try:
+            same = file_identity(path) == marker["identity"]
+        except OSError:
+            same = False
+    else:
+        sha256, size = file_sha256(path)
+        same = marker["sha256"] == sha256 and marker["size"] == size
     remove_marker(spool, name)
-    return marker["sha256"] == sha256 and marker["size"] == size
+    return same

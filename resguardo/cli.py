@@ -164,6 +164,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if outcome.passed else 8
 
 
+def cmd_cleanup(args: argparse.Namespace) -> int:
+    from storage.registry import open_region
+
+    seconds = args.older_than_hours * 3600
+    total = 0
+    for name in sorted(args.config.regions):
+        try:
+            region = open_region(name, args.config)
+            removed = region.cleanup_incomplete(seconds)
+        except ResguardoError as error:
+            print(_("WARNING: region {region} was not cleaned: {error}").format(region=name, error=error.message),
+                  file=sys.stderr)
+            continue
+        total += removed
+        _print(_("Region {region}: {count} unfinished uploads removed").format(region=name, count=removed))
+    _print(_("Total: {count}. Committed backups were not touched.").format(count=total))
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------
 
 
@@ -242,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--triggered-by", default="cli", help=_("who or what started it, recorded in the evidence"))
     ver.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
     ver.set_defaults(handler=cmd_verify)
+
+    cln = sub.add_parser("cleanup", help=_("remove uploads left unfinished by killed backups"))
+    cln.add_argument("--older-than-hours", type=float, default=24.0,
+                     help=_("only uploads started this many hours ago or earlier (default: 24)"))
+    cln.set_defaults(handler=cmd_cleanup)
 
     for module_name in COMMAND_MODULES:
         try:

@@ -88,6 +88,14 @@ class Region(abc.ABC):
     def delete(self, key: str) -> None:
         """Delete ``key``; deleting a missing key is not an error."""
 
+    def cleanup_incomplete(self, older_than_seconds: float) -> int:
+        """Remove uploads left unfinished for ``older_than_seconds`` (a killed producer); return how many.
+
+        Committed objects are never touched. Drivers that cannot list
+        unfinished uploads return 0.
+        """
+        return 0
+
     def get_bytes(self, key: str) -> bytes:
         """Read a small object whole."""
         with self.open_read(key) as handle:

@@ -236,6 +236,9 @@ class FilesystemDriver(Region):
 
     # -- maintenance ------------------------------------------------------
 
+    def cleanup_incomplete(self, older_than_seconds: float) -> int:
+        return self.remove_stale_partials(older_than_seconds)
+
     def remove_stale_partials(self, older_than_seconds: float) -> int:
         """Delete temporary upload files not modified for ``older_than_seconds``; return how many.
 

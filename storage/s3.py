@@ -390,6 +390,33 @@ class S3Driver(Region):
             raise self.map_error(error, key, "PutObject") from error
         return ObjectInfo(region=self.name, key=key, size=len(data), sha256=digest.hex())
 
+    def cleanup_incomplete(self, older_than_seconds: float) -> int:
+        """Abort multipart uploads under this region's prefix started more than ``older_than_seconds`` ago.
+
+        A producer killed with SIGKILL cannot abort its own upload, and S3
+        keeps (and bills) the parts until someone does. A bucket lifecycle rule
+        (AbortIncompleteMultipartUpload) does the same on the server side.
+        """
+        import datetime as dt
+
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than_seconds)
+        aborted = 0
+        try:
+            paginator = self.client.get_paginator("list_multipart_uploads")
+            pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + "/" if self.prefix else "")
+            for page in pages:
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] > cutoff:
+                        continue
+                    self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                       UploadId=upload["UploadId"])
+                    aborted += 1
+                    logger.info("storage.s3.stale_upload_aborted",
+                                extra={"region": self.name, "key": upload["Key"], "upload_id": upload["UploadId"]})
+        except Exception as error:  # noqa: BLE001 - mapped to a RegionError below
+            raise self.map_error(error, None, "list_multipart_uploads") from error
+        return aborted
+
     def delete(self, key: str) -> None:
         try:
             self.client.delete_object(Bucket=self.bucket, Key=self.object_name(key))

@@ -172,6 +172,33 @@ def test_killed_backup_leaves_nothing_listed(fs_config, tmp_path):
     for region in regions:
         assert [info.key for info in region.list("banca/")] == []
 
+    # SIGKILL leaves temporary files no process will finish; cleanup removes them.
+    cleanup = subprocess.run([sys.executable, "-m", "resguardo.cli", "cleanup", "--older-than-hours", "0"],
+                             env=env, capture_output=True, text=True)
+    assert cleanup.returncode == 0, cleanup.stderr
+    leftovers = [p for p in (tmp_path / "uio").rglob("*") if p.is_file()] + \
+                [p for p in (tmp_path / "gye").rglob("*") if p.is_file()]
+    assert leftovers == []
+
+
+def test_sigterm_backup_cleans_up(fs_config, tmp_path):
+    path, _ = fs_config
+    env = dict(os.environ, RESGUARDO_CONFIG=str(path))
+    process = subprocess.Popen([sys.executable, "-m", "resguardo.cli", "backup", "banca"], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (tmp_path / "uio").exists() and any(p.is_file() for p in (tmp_path / "uio").rglob("*")):
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    leftovers = [p for p in (tmp_path / "uio").rglob("*") if p.is_file()] + \
+                [p for p in (tmp_path / "gye").rglob("*") if p.is_file()]
+    if process.returncode == 0:
+        pytest.skip("the backup finished before SIGTERM arrived")
+    assert leftovers == []
+
 
 def _corrupt_dump(config, backup_id: str, region_name: str, mode: str) -> Path:
     root = Path(config.regions[region_name].path)
