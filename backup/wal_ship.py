@@ -62,7 +62,12 @@ def ready_files(pgdata: Path) -> list[str]:
     """Return the WAL files PostgreSQL has marked ready for archiving, history files first."""
     status_dir = Path(pgdata) / "pg_wal" / "archive_status"
     names = []
-    for entry in os.scandir(status_dir):
+    try:
+        entries = list(os.scandir(status_dir))
+    except FileNotFoundError:
+        # Before initdb finished, or a wrong pitr.pgdata: nothing to ship yet.
+        return []
+    for entry in entries:
         if entry.name.endswith(".ready"):
             name = entry.name[: -len(".ready")]
             if archive_file_kind(name) is not None:
@@ -119,10 +124,10 @@ class WalShipper:
                     return
                 before = file_identity(path)
                 result = self.archive.push(path, control_system_identifier=self.system_identifier)
-                # A file changed while it was read gets no marker; wal-push then pushes it itself.
+                # A file that changed while it was read gets a marker without identity,
+                # so wal-push compares the SHA-256 of its content instead.
                 identity = before if file_identity(path) == before else None
-                if identity is not None or result.plaintext_sha256:
-                    write_marker(self.spool, name, result.plaintext_sha256, result.plaintext_size, identity)
+                write_marker(self.spool, name, result.plaintext_sha256, result.plaintext_size, identity)
             with self._lock:
                 if result.written:
                     self.stats.shipped += 1

@@ -178,12 +178,25 @@ class Bench:
             self.results["pgbench_init_seconds"] = round(seconds, 1)
             print(f"pgbench -i -s {self.scale}: {size / 1e9:.2f} GB in {seconds:.1f} s", flush=True)
             cluster.psql("CHECKPOINT")
+            # Both tools' backups wait for their WAL to be archived; start with an idle archiver.
+            seconds = self.wait_archiver_idle()
+            print(f"archiver caught up after {seconds:.1f} s", flush=True)
             self.base_backups(main_pgbr)
             self.restores(main_pgbr)
             self.wal_push(segments, fake_pgdata)
         finally:
             cluster.destroy()
         return self.results
+
+    def wait_archiver_idle(self, timeout: float = 1800) -> float:
+        started = time.monotonic()
+        current = self.cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())")
+        self.cluster.psql("SELECT pg_switch_wal()")
+        while time.monotonic() - started < timeout:
+            if (self.cluster.psql("SELECT last_archived_wal FROM pg_stat_archiver") or "") >= current:
+                return time.monotonic() - started
+            time.sleep(0.5)
+        raise RuntimeError("the archiver did not catch up")
 
     def base_backups(self, pgbr_config: Path) -> None:
         from backup.basebackup import run_base_backup
@@ -196,6 +209,8 @@ class Bench:
         self.results["base_backup"] = {
             "resguardo_seconds": round(ours, 2), "pgbackrest_seconds": round(theirs, 2),
             "ratio": round(ours / theirs, 2), "resguardo_stored_bytes": entry["size"],
+            "resguardo_copy_seconds": result.manifest["timings"]["copy_seconds"],
+            "resguardo_archive_wait_seconds": result.manifest["timings"]["archive_wait_seconds"],
             "pgbackrest_repo_bytes": _tree_size(self.root / "pgbr-repo-bench" / "backup"),
         }
         print("base backup:", self.results["base_backup"], flush=True)
@@ -291,9 +306,12 @@ class Bench:
             lambda name: ["pgbackrest", f"--config={sync_pgbr}", "--stanza=pushsync", "archive-push",
                           fake_pgdata / "pg_wal" / name])
 
-        fill_pg_wal()
+        # The shipper runs continuously in production: start it first, then hand both tools the same backlog.
+        shutil.rmtree(fake_pgdata / "pg_wal", ignore_errors=True)
         shipper = subprocess.Popen([str(self.launcher), "--config", str(self.config_file), "wal-ship", "pushasync"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=demote(server_user()))
+        time.sleep(3)
+        fill_pg_wal()
         try:
             results["resguardo_async_seconds"] = push_all(
                 lambda name: [self.launcher, "wal-push", f"pg_wal/{name}", "--db", "pushasync", "--spool",

@@ -64,6 +64,37 @@ def database_connection(database: str) -> tuple[str | None, str | None]:
     return dsn, conn.password
 
 
+def airflow_credentials(connection_id: str):
+    """Return credentials for a region from its Airflow Connection.
+
+    S3: login = access key id, password = secret key, extra ``aws_session_token``
+    optional. GCS: extra ``keyfile_dict`` (service-account JSON) or
+    ``key_path``. Called inside tasks only, through the storage registry.
+    """
+    from airflow.sdk import Connection
+
+    conn = Connection.get(connection_id)
+    extra = conn.extra_dejson or {}
+    if conn.conn_type in ("google_cloud_platform", "gcs", "google-cloud-platform"):
+        from google.oauth2 import service_account
+
+        if extra.get("keyfile_dict"):
+            info = extra["keyfile_dict"]
+            info = info if isinstance(info, dict) else __import__("json").loads(info)
+            return service_account.Credentials.from_service_account_info(info)
+        if extra.get("key_path"):
+            return service_account.Credentials.from_service_account_file(extra["key_path"])
+        return None
+    return conn.login, conn.password, extra.get("aws_session_token")
+
+
+def use_airflow_credentials() -> None:
+    """Make every region opened in this task take credentials from Airflow Connections."""
+    from storage.registry import set_default_credentials_provider
+
+    set_default_credentials_provider(airflow_credentials)
+
+
 def fail_or_retry(error: Exception):
     """Map a core error to Airflow's behaviour: retry transient storage errors, fail the rest at once."""
     from airflow.sdk.exceptions import AirflowFailException

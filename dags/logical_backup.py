@@ -12,7 +12,15 @@ import datetime as dt
 
 from airflow.sdk import DAG, Asset, Param, task
 
-from _common import DEFAULT_ARGS, database_connection, doc, fail_or_retry, load_config, timetable
+from _common import (
+    DEFAULT_ARGS,
+    database_connection,
+    doc,
+    fail_or_retry,
+    load_config,
+    timetable,
+    use_airflow_credentials,
+)
 
 BACKUP_DOC = """\
 ### Logical backup of `{database}`
@@ -69,6 +77,7 @@ def _backup_dag(name: str, db, config) -> DAG:
             from backup.logical import run_logical_backup
             from resguardo.errors import ResguardoError
 
+            use_airflow_credentials()
             dsn, password = database_connection(name)
             who = f"airflow:{context['dag_run'].run_id}"
             try:
@@ -108,6 +117,7 @@ def _restore_test_dag(name: str, db, config) -> DAG:
 
             from restore.verify import run_restore_test, summarize
 
+            use_airflow_credentials()
             outcome = run_restore_test(load_config(), name, backup_id=context["params"]["backup_id"],
                                        triggered_by=f"airflow:{context['dag_run'].run_id}")
             print(summarize(outcome))

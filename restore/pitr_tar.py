@@ -43,7 +43,7 @@ class TarExtractSink:
 
     def _extract(self) -> None:
         try:
-            with tarfile.open(fileobj=self._reader, mode="r|", bufsize=PIPE_BUFFER) as archive:
+            with tarfile.open(fileobj=self._reader, mode="r|", bufsize=PIPE_BUFFER, copybufsize=PIPE_BUFFER) as archive:
                 for member in archive:
                     archive.extract(member, self.target, filter="data")
                     self.members += 1

@@ -21,6 +21,17 @@ from storage.base import Region, RegionError
 
 CredentialsProvider = Callable[[str], Any]
 
+# Set once per process by the Airflow task wrapper (dags/_common.py), so every
+# core function that opens regions gets Airflow Connections without each call
+# site passing a provider through.
+_default_provider: CredentialsProvider | None = None
+
+
+def set_default_credentials_provider(provider: CredentialsProvider | None) -> None:
+    """Use ``provider`` for every region opened without an explicit one."""
+    global _default_provider
+    _default_provider = provider
+
 
 def open_region(
     name: str, config: ResguardoConfig, credentials_provider: CredentialsProvider | None = None
@@ -40,6 +51,7 @@ def open_region(
             ),
         ) from None
 
+    credentials_provider = credentials_provider or _default_provider
     bound_provider = None
     connection_id = getattr(getattr(region_config, "credentials", None), "connection_id", None)
     if credentials_provider is not None and connection_id:

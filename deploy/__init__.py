@@ -1,0 +1,1 @@
+"""Deployment files of Resguardo: Airflow settings, Helm values and monitoring rules."""
