@@ -42,6 +42,8 @@ FATAL_EXIT_STATUS = 200
 NOT_FOUND_EXIT_STATUS = 1
 PREFETCH_DIR_NAME = "resguardo_prefetch"
 FETCH_ATTEMPTS = 4
+# How long wal-push waits for a running shipper to finish a file before pushing it itself.
+ASYNC_WAIT_SECONDS = 30.0
 FETCH_FIRST_DELAY_SECONDS = 1.0
 
 
@@ -90,11 +92,11 @@ def run_push(args: argparse.Namespace) -> int:
     """Archive one WAL file; see the module docstring for exit statuses."""
     path = Path(args.path)
 
-    # Fast path: the shipper stored this exact content already.
+    # Fast path: the shipper stored, or is storing, this exact content.
     if args.spool:
-        from backup.wal_spool import acknowledge_from_marker
+        from backup.wal_spool import wait_for_shipper
 
-        if acknowledge_from_marker(Path(args.spool), path):
+        if wait_for_shipper(Path(args.spool), path, ASYNC_WAIT_SECONDS):
             return 0
 
     from resguardo import log
@@ -114,10 +116,12 @@ def run_push(args: argparse.Namespace) -> int:
 
         if db.pitr.async_push:
             from backup.wal_ship import spool_directory
-            from backup.wal_spool import acknowledge_from_marker, ensure_spool, file_lock, write_marker
+            from backup.wal_spool import acknowledge_from_marker, ensure_spool, file_lock, wait_for_shipper
 
             spool = spool_directory(config, database)
             ensure_spool(spool)
+            if not args.spool and wait_for_shipper(spool, path, ASYNC_WAIT_SECONDS):
+                return 0
             with file_lock(spool, path.name):
                 if acknowledge_from_marker(spool, path):
                     return 0

@@ -6,10 +6,11 @@ watches ``<pgdata>/pg_wal/archive_status/*.ready`` (the files PostgreSQL
 still has to archive), pushes them to every WAL region with
 ``pitr.push_parallel`` uploads at once, and writes a shipped marker for each
 (see :mod:`backup.wal_spool`). When the archiver then calls ``wal-push`` for
-that file, ``wal-push`` only compares the file's SHA-256 with the marker and
-returns. A file the shipper has not finished yet is pushed by ``wal-push``
-itself, under the same per-file lock, so nothing is acknowledged before it is
-in every region and the recovery point (RPO) is the same as in synchronous
+that file, ``wal-push`` only compares the file's identity with the marker and
+returns. While the shipper's heartbeat is fresh, ``wal-push`` waits for a
+marker that is not there yet; otherwise, or after 30 s, it pushes the file
+itself under the same per-file lock. Nothing is acknowledged before it is in
+every region, so the recovery point (RPO) is the same as in synchronous
 mode: what is acknowledged is in the regions, what is not is still in
 ``pg_wal``.
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,6 +36,7 @@ from backup.wal_spool import (
     read_marker,
     remove_marker,
     shipped_dir,
+    touch_heartbeat,
     write_marker,
 )
 from resguardo.errors import ConfigError
@@ -170,17 +172,22 @@ class WalShipper:
                     pending = [name for name in ready
                                if name not in self._in_flight and self._retry_after.get(name, 0) <= now
                                and read_marker(self.spool, name) is None]
-                    # Keep at most two uploads queued per worker so new files are picked in name order.
-                    room = max(0, 2 * self.parallel - len(self._in_flight))
+                    # Keep a few uploads queued per worker; new files are still picked in name order.
+                    room = max(0, 4 * self.parallel - len(self._in_flight))
                     for name in pending[:room]:
                         self._in_flight[name] = pool.submit(self._ship_one, name)
                     busy = bool(self._in_flight)
                 if now >= prune_at:
                     self._prune_markers(set(ready))
                     prune_at = now + 10
+                touch_heartbeat(self.spool)
                 if once and not busy and not pending:
                     break
-                self.stop_event.wait(poll_seconds)
+                if busy:
+                    # Refill as soon as an upload finishes instead of sleeping a whole poll.
+                    wait(list(self._in_flight.values()), timeout=poll_seconds, return_when=FIRST_COMPLETED)
+                else:
+                    self.stop_event.wait(poll_seconds)
         self.stats.seconds = round(time.monotonic() - started, 3)
         log.info("wal.ship.stop", extra={"database": self.database, "shipped": self.stats.shipped,
                                          "failed": self.stats.failed, "bytes": self.stats.bytes,

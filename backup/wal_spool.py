@@ -12,6 +12,9 @@ Terms:
   ``utime``). The marker is written, flushed to disk, only after every region
   confirmed the upload, and only when the identity was the same before and
   after the file was read.
+- *heartbeat*: ``shipper.heartbeat``, whose modification time the shipper
+  renews while it runs. ``wal-push`` waits for a marker only while the
+  heartbeat is fresh, and pushes the file itself otherwise.
 - *file lock*: an exclusive ``flock`` on one of ``locks/<n>.lock`` (the file
   name hashed into a fixed set of lock files, so lock files are never
   deleted while someone waits on them). ``wal-push`` and ``wal-ship`` take it
@@ -35,12 +38,17 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
 
 LOCK_STRIPES = 64
 READ_SIZE = 1 << 20
+HEARTBEAT_FILE = "shipper.heartbeat"
+# The shipper touches the heartbeat at least every poll (0.2 s) and after each upload.
+HEARTBEAT_MAX_AGE_SECONDS = 5.0
+MARKER_POLL_SECONDS = 0.02
 
 
 def shipped_dir(spool: Path) -> Path:
@@ -121,16 +129,54 @@ def remove_marker(spool: Path, name: str) -> None:
         os.unlink(shipped_dir(spool) / name)
 
 
-def acknowledge_from_marker(spool: Path, path: Path) -> bool:
-    """Return True, and consume the marker, when ``path`` was shipped with exactly its current content.
+def touch_heartbeat(spool: Path) -> None:
+    """Record that the shipper is running (the heartbeat file's modification time)."""
+    path = Path(spool) / HEARTBEAT_FILE
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        path.touch()
 
-    A marker whose content differs from the file is removed, and False
-    returned, so that the caller pushes the file itself.
+
+def shipper_alive(spool: Path, max_age: float = HEARTBEAT_MAX_AGE_SECONDS) -> bool:
+    """Return whether a shipper touched the heartbeat within ``max_age`` seconds."""
+    try:
+        return time.time() - os.stat(Path(spool) / HEARTBEAT_FILE).st_mtime < max_age
+    except OSError:
+        return False
+
+
+def wait_for_shipper(spool: Path, path: Path, timeout: float) -> bool:
+    """Acknowledge ``path`` from its marker, waiting up to ``timeout`` s while a live shipper works on it.
+
+    Returns False when the caller must push the file itself: no shipper is
+    running, the wait timed out, or the marker did not match the file.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        state = check_marker(spool, path)
+        if state is not None:
+            return state
+        if time.monotonic() >= deadline or not shipper_alive(spool):
+            return False
+        time.sleep(MARKER_POLL_SECONDS)
+
+
+def acknowledge_from_marker(spool: Path, path: Path) -> bool:
+    """Return True, and consume the marker, when ``path`` was shipped with exactly its current content."""
+    return check_marker(spool, path) is True
+
+
+def check_marker(spool: Path, path: Path) -> bool | None:
+    """Compare ``path`` with its shipped marker: None when there is no marker, else whether it matches.
+
+    The marker is consumed either way; after a mismatch the caller pushes
+    the file itself.
     """
     name = Path(path).name
     marker = read_marker(spool, name)
     if marker is None:
-        return False
+        return None
     if isinstance(marker.get("identity"), list):
         try:
             same = file_identity(path) == marker["identity"]

@@ -86,8 +86,7 @@ def machine() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the benchmark table (default 1000000)")
-    parser.add_argument("--batch-rows", type=int, default=5_000, help="rows per fetch and COPY batch")
-    parser.add_argument("--flush-rows", type=int, default=100_000, help="rows per UPDATE ... FROM flush")
+    parser.add_argument("--workers", type=int, default=1, help="processes that compute masked values (default 1)")
     args = parser.parse_args()
     results: dict[str, object] = {"rows": args.rows, "machine": machine()}
 
@@ -114,7 +113,7 @@ def main() -> None:
             snapshot = take_snapshot(conn, plan)
             results["snapshot_seconds"] = round(time.monotonic() - started, 1)
             started = time.monotonic()
-            report = mask_database(conn, plan, batch_rows=args.batch_rows, flush_rows=args.flush_rows)
+            report = mask_database(conn, plan, workers=args.workers)
             results["mask_seconds"] = round(time.monotonic() - started, 1)
             results["rows_per_second"] = round(args.rows / results["mask_seconds"])
             results["mask_to_dump_restore_ratio"] = round(results["mask_seconds"] / results["dump_restore_seconds"], 1)

@@ -59,10 +59,54 @@ def format_alert(title: str, lines: list[str], facts: dict[str, Any] | None = No
     return "\n".join(text)
 
 
+def task_failure_text(*, title: str, dag_id: str, run_id: str, task_id: str, error: str,
+                      log_url: str | None = None) -> str:
+    """Return the alert text for a failed Airflow task (used by the DR DAGs' failure callbacks).
+
+    >>> print(task_failure_text(title="DR", dag_id="d", run_id="r", task_id="t", error="ERROR: x\\nHINT: y"))
+    **DR**
+    ERROR: x
+    HINT: y
+    - DAG: d
+    - run: r
+    - task: t
+    """
+    facts = {_("DAG"): dag_id, _("run"): run_id, _("task"): task_id}
+    if log_url:
+        facts[_("log")] = log_url
+    lines = [line for line in error.splitlines() if line.strip()][:10]
+    return format_alert(title, lines, facts)
+
+
+def alert_task_failure(context: dict[str, Any], *, title: str, url: str | None = None) -> bool:
+    """Post the failure of the task in an Airflow callback ``context``; log instead of raising.
+
+    Reads only plain attributes of the context's objects, so this module
+    does not import Airflow.
+    """
+    dag = context.get("dag")
+    dag_run = context.get("dag_run")
+    task_instance = context.get("task_instance") or context.get("ti")
+    error = context.get("exception")
+    message = error.render() if isinstance(error, ResguardoError) else str(error or "")
+    dag_id = str(getattr(dag, "dag_id", "?"))
+    run_id = str(getattr(dag_run, "run_id", "?"))
+    task_id = str(getattr(task_instance, "task_id", "?"))
+    log.error("drills.alert.task_failed", extra={"dag_id": dag_id, "run_id": run_id, "task_id": task_id})
+    text = task_failure_text(title=title, dag_id=dag_id, run_id=run_id, task_id=task_id, error=message,
+                             log_url=getattr(task_instance, "log_url", None))
+    try:
+        return post_alert(text, url=url)
+    except AlertError as alert_error:
+        # The task has failed already; a lost alert is logged, not raised.
+        log.error("drills.alert.not_sent", extra={"dag_id": dag_id, "run_id": run_id, "error": alert_error.message})
+        return False
+
+
 def post_alert(text: str, *, url: str | None = None, timeout: float = TIMEOUT_SECONDS) -> bool:
     """POST ``{"text": text}`` to the webhook; return False when no webhook is configured.
 
-    Raises AlertError when the webhook answers with an error or cannot be
+    Raises AlertError when the webhook returns an HTTP error or cannot be
     reached, so a caller can decide whether a lost alert fails its task.
     """
     target = webhook_url(url)

@@ -9,8 +9,8 @@ makes it an exact streaming standby of the new primary again:
   primary, and the new primary's WAL back to the divergence point.
 - ``clone``: a fresh ``pg_basebackup`` of the new primary. The old data
   directory is renamed to ``<dir>.pre-rebuild-<UTC time>`` and kept, because
-  it may hold the only copy of transactions lost in the failover; delete it
-  once nobody needs them.
+  it may contain the only copy of transactions lost in the failover. Delete
+  it once those transactions are recovered or declared lost.
 - ``auto``: ``rewind``, and ``clone`` when the rewind fails.
 
 Both copy the source's configuration files, so the node's own
@@ -70,7 +70,7 @@ class FailbackError(ResguardoError):
 
 @dataclass
 class RebuildReport:
-    """How one node was rebuilt as a standby."""
+    """The method, steps and outcome of rebuilding one node as a standby."""
 
     node: str
     source: str
@@ -134,7 +134,8 @@ def controldata_state(data_dir: Path, bindir: Path | None = None) -> str:
 
 def _single_user_recovery(data_dir: Path, bindir: Path | None) -> None:
     args = [str(find_program("postgres", bindir)), "--single", "-F", "-D", str(data_dir), "template1"]
-    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=TOOL_TIMEOUT_SECONDS,
+    result = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                            timeout=TOOL_TIMEOUT_SECONDS,
                             preexec_fn=demote(_owner(data_dir) if os.geteuid() == 0 else None))
     if result.returncode != 0:
         raise ExternalToolError(
@@ -205,11 +206,11 @@ def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str
         state = controldata_state(data_dir, bindir)
         if state == "shut down in recovery":
             with timeline.step("end_recovery", **context) as detail:
-                # pg_rewind takes a standby's WAL end from minRecoveryPoint,
-                # which can lag the WAL the node holds; it then reports "no
-                # rewind required" for a node that cannot follow the new
-                # timeline. Replaying to the end in single-user mode leaves
-                # a shutdown checkpoint at the true end of its WAL.
+                # pg_rewind (PostgreSQL 15) takes a stopped standby's end of
+                # WAL from minRecoveryPoint, which can lag the WAL in pg_wal.
+                # It then reports "no rewind required" for a node that cannot
+                # follow the new timeline. Replaying to the end in single-user
+                # mode leaves a shutdown checkpoint at the true end of its WAL.
                 for signal in (STANDBY_SIGNAL, "recovery.signal"):
                     (data_dir / signal).unlink(missing_ok=True)
                 _single_user_recovery(data_dir, bindir)
@@ -227,7 +228,7 @@ def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str
                 with timeline.step("rewind", **context) as detail:
                     # pg_rewind reads the source's timeline from its control
                     # file, which a fresh promotion updates only at the next
-                    # checkpoint; without one it sees the old timeline and
+                    # checkpoint. Without one it compares the old timeline and
                     # reports "no rewind required".
                     with source.connect(timeout=10) as conn:
                         conn.execute("CHECKPOINT")
@@ -409,16 +410,25 @@ def finish_failback(config: ResguardoConfig, run: FailbackRun, *, error: str | N
 
 
 def run_failback(config: ResguardoConfig, database: str, *, reason: str, confirmation: str, method: str = "auto",
-                 switchover: bool = False, requested_by: str | None = None,
+                 switchover: bool = False, requested_by: str | None = None, node: str = "primary",
                  topology: Topology | None = None) -> FailbackRun:
-    """Rebuild the configured primary as a standby and optionally switch back to it; record evidence."""
+    """Rebuild ``node`` as a standby of the other node, optionally switch back to it; record evidence.
+
+    ``node`` is ``primary`` (the configured primary, after a failover) or
+    ``standby`` (the DR standby, e.g. when its host was unavailable during
+    the switchover). A switchover is possible only after rebuilding the
+    configured primary.
+    """
     from drills.topology import load_topology
 
     run = begin_failback(config, database, reason=reason, confirmation=confirmation, method=method,
                          switchover=switchover, requested_by=requested_by)
+    if switchover and node != "primary":
+        raise ConfigError(_("a switchover back is possible only after rebuilding the configured primary"),
+                          _("run without --switchover, or rebuild node 'primary'"))
     topology = topology or load_topology(config, database)
     try:
-        run.rebuild = rebuild_standby(config, topology, "primary", method=method, run_id=run.run_id).to_dict()
+        run.rebuild = rebuild_standby(config, topology, node, method=method, run_id=run.run_id).to_dict()
         if run.rebuild.get("rewind_error"):
             run.findings.append(_("pg_rewind failed, the node was cloned instead: {error}").format(
                 error=run.rebuild["rewind_error"]))

@@ -1,8 +1,8 @@
 """Failover and planned switchover: make the other node the primary and send clients to it.
 
 A *failover* promotes the configured standby after the primary is lost or
-must be abandoned; a *switchover* is the planned reverse move during failback,
-which must lose nothing. Both run the same steps, each a plain function that
+must be abandoned. A *switchover* is the planned reverse move during
+failback, which must lose nothing. Both run the same steps, each a plain function that
 takes and returns a :class:`FailoverRun`, so the CLI calls them in a row and
 the Airflow DAG runs each as its own task:
 
@@ -54,7 +54,6 @@ from drills.timeline import Timeline, iso, utc_now
 from drills.topology import (
     DR_SCHEMA,
     Topology,
-    format_lsn,
     measure_exposure,
     parse_lsn,
     parse_time,
@@ -229,9 +228,8 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
     with _step(run, "preflight") as detail:
         new_state = probe(new)
         old_state = probe(old)
-        detail["new_primary"] = new_state.to_dict()
-        detail["old_primary"] = old_state.to_dict()
         run.preflight = {"new_primary": new_state.to_dict(), "old_primary": old_state.to_dict()}
+        detail.update(new_primary_role=new_state.role, old_primary_role=old_state.role)
 
         if not new_state.reachable:
             raise FailoverRejected(
@@ -287,20 +285,21 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
                 _("wait for the standby to catch up, or run again accepting data loss "
                   "(--accept-data-loss / accept_data_loss) once the loss is authorised"),
             )
-        if too_far:
+        if too_far and run.kind == KIND_FAILOVER:
             run.findings.append(_("data loss accepted by the request: exposure {seconds} s over the RPO target").format(
                 seconds="?" if exposure.seconds is None else f"{exposure.seconds:.1f}"))
 
-        status = storage_status(
-            config, run.database,
-            system_identifier=new_state.system_identifier, timeline=new_state.timeline, lsn=new_state.lsn,
-        )
-        run.preflight["storage"] = status
-        detail["storage"] = status
-        if status["base_backup"] is None:
-            run.findings.append(_("no committed base backup found in the storage regions"))
-        if status["wal"] is None:
-            run.findings.append(_("no archived WAL file of the current timeline found in the storage regions"))
+        if config.database(run.database).pitr.enabled:
+            status = storage_status(
+                config, run.database,
+                system_identifier=new_state.system_identifier, timeline=new_state.timeline, lsn=new_state.lsn,
+            )
+            run.preflight["storage"] = status
+            detail["base_backup"] = (status["base_backup"] or {}).get("backup_id")
+            if status["base_backup"] is None:
+                run.findings.append(_("no committed base backup found in the storage regions"))
+            if status["wal"] is None:
+                run.findings.append(_("no archived WAL file of the current timeline found in the storage regions"))
 
         router = open_router(topology.router, config.resolve)
         if router is not None:
@@ -485,7 +484,8 @@ def write_probe(config: ResguardoConfig, topology: Topology, run: FailoverRun, *
         probe_id, server_port, system_id = row
         if server_port != new.endpoint.port:
             raise FailoverFailed(
-                _("the probe row was written by the server on port {port}, not by the new primary {node} ({endpoint})").format(
+                _("the probe row was written by the server on port {port}, "
+                  "not by the new primary {node} ({endpoint})").format(
                     port=server_port, node=new.label, endpoint=new.endpoint),
                 _("the router still sends clients elsewhere; check its configuration"),
             )
@@ -575,7 +575,13 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
     if completed and not rpo_met:
         run.findings.append(_("RPO target missed: {measured} s measured, target {target} s").format(
             measured=run.rpo_seconds if run.rpo_seconds is not None else "?", target=topology.rpo_target_seconds))
-    run.outcome = "completed" if completed else ("rejected" if not run.fence else "failed")
+    # A run that stopped before fencing changed no server.
+    if completed:
+        run.outcome = "completed"
+    elif not run.fence:
+        run.outcome = "rejected"
+    else:
+        run.outcome = "failed"
     body = {
         "run": run.to_dict() | {"evidence": None},
         "targets": {"rto_seconds": topology.rto_target_seconds, "rpo_seconds": topology.rpo_target_seconds,
@@ -593,13 +599,23 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
     return run
 
 
+def outcome_label(outcome: str | None) -> str:
+    """Return the translated name of a run outcome (``completed``, ``failed``, ``rejected``)."""
+    labels = {"completed": _("completed"), "failed": _("did not complete"), "rejected": _("rejected")}
+    return labels.get(outcome or "", outcome or "?")
+
+
+def kind_label(kind: str) -> str:
+    """Return the translated name of a run kind."""
+    return _("Failover") if kind == KIND_FAILOVER else _("Switchover")
+
+
 def alert_text(run: FailoverRun, topology: Topology) -> str:
     """Return the chat message that reports a finished or failed run."""
     from drills.alerting import format_alert
 
     title = _("{kind} of {database}: {outcome}").format(
-        kind=_("Failover") if run.kind == KIND_FAILOVER else _("Switchover"), database=run.database,
-        outcome=run.outcome or "?")
+        kind=kind_label(run.kind), database=run.database, outcome=outcome_label(run.outcome))
     facts = {
         _("run"): run.run_id,
         _("new primary"): run.new_primary,
@@ -641,8 +657,11 @@ def run_failover(config: ResguardoConfig, database: str, *, reason: str, confirm
                  notify: bool = True) -> FailoverRun:
     """Run every step in order, record evidence whatever happens, and alert the DR channel.
 
-    Raises FailoverRejected (nothing changed) or FailoverFailed / another
-    ResguardoError (a step failed) after the evidence record is written.
+    An invalid request (confirmation word, reason, run type) raises
+    FailoverRejected before anything is recorded. A step that fails raises
+    after its evidence record is written: FailoverRejected from the
+    preflight (no server changed), FailoverFailed or another ResguardoError
+    from a later step.
     """
     run = begin(config, database, reason=reason, confirmation=confirmation, accept_data_loss=accept_data_loss,
                 requested_by=requested_by, kind=kind)

@@ -31,9 +31,9 @@ effect. What each guarantees:
     ``RESGUARDO_FENCE_HOST``, ``RESGUARDO_FENCE_PORT``, ``RESGUARDO_RUN_ID``.
 
 When the old primary is unreachable, has no local data directory and no fence
-command is configured, nothing can be applied: the report says so and the
-failover records it as a finding, because only the router switch then keeps
-clients away from the old primary.
+command is configured, nothing can be applied. The report then lists no
+applied method and the failover records a finding, because only the router
+switch keeps clients away from the old primary.
 """
 
 from __future__ import annotations
@@ -44,6 +44,8 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 from drills.timeline import iso, utc_now
 from drills.topology import Node, NodeUnreachable, format_lsn, parse_lsn, wait_for
@@ -143,7 +145,7 @@ def _fence_read_only(node: Node, report: FenceReport) -> None:
         try:
             conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
             conn.execute("SELECT pg_reload_conf()")
-        except Exception as error:
+        except psycopg.Error as error:
             log.error("drills.fence.read_only_failed", extra={"node": node.label, "error": str(error)})
             raise FenceError(
                 _("could not make node {node} read-only: {error}").format(node=node.label, error=str(error).strip()),
@@ -228,7 +230,8 @@ def _fence_standby_signal(node: Node, report: FenceReport, *, run_id: str, reaso
     except OSError as error:
         log.error("drills.fence.signal_failed", extra={"node": node.label, "path": str(data_dir), "error": str(error)})
         raise FenceError(
-            _("could not write {file} into {path}: {error}").format(file=STANDBY_SIGNAL, path=data_dir, error=error.strerror),
+            _("could not write {file} into {path}: {error}").format(
+                file=STANDBY_SIGNAL, path=data_dir, error=error.strerror),
             _("run Resguardo as root or as the server's OS user on the old primary's host"),
         ) from None
     report.actions.append(FenceAction(
@@ -258,7 +261,8 @@ def _run_fence_command(node: Node, report: FenceReport, command: tuple[str, ...]
         log.error("drills.fence.command_failed", extra={"node": node.label, "command": command[0], "error": str(error)})
         raise FenceError(
             _("the fence command {command} could not run: {error}").format(command=command[0], error=error),
-            _("check dr.fence_command; it must finish within {seconds} s").format(seconds=FENCE_COMMAND_TIMEOUT_SECONDS),
+            _("check dr.fence_command; it must finish within {seconds} s").format(
+                seconds=FENCE_COMMAND_TIMEOUT_SECONDS),
         ) from None
     if result.returncode != 0:
         log.error("drills.fence.command_failed",
@@ -292,7 +296,7 @@ def unfence_node(node: Node) -> list[str]:
 
     Used when a planned switchover stops before promotion, so the node that is
     still the primary accepts writes again. ``standby.signal`` is removed only
-    when the fence marker says the fence created it.
+    when the fence marker records that the fence created it.
     """
     undone: list[str] = []
     try:

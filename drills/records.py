@@ -2,8 +2,8 @@
 
 Every run appends one record to the configured evidence chain whatever its
 outcome: a refused failover and a missed RTO are evidence too. The record's
-``subject`` names what ran (run id, scenario, nodes); its ``body`` holds the
-timeline, measured RTO and RPO with their method, targets and findings. Only
+``subject`` names what ran (run id, scenario, nodes). Its ``body`` contains
+the timeline, measured RTO and RPO with their method, targets and findings. Only
 ids, positions, times and counts go into a record, never row contents.
 """
 
@@ -29,5 +29,6 @@ def append_record(config: ResguardoConfig, kind: str, database: str, subject: di
     store = open_store(config, writable=True)
     record = store.append(kind, database, subject, "passed" if passed else "failed", body)
     log.info("drills.evidence.appended",
-             extra={"kind": kind, "database": database, "sequence": record["sequence"], "record_id": record["record_id"]})
+             extra={"kind": kind, "database": database, "sequence": record["sequence"],
+                    "record_id": record["record_id"]})
     return {"sequence": record["sequence"], "record_id": record["record_id"], "chain": store.where}

@@ -2,15 +2,15 @@
 
 A rehearsal never changes the production topology. It writes one *marker* row
 to the primary and builds a throwaway copy in a :class:`restore.scratch.ScratchCluster`
-bound to 127.0.0.1, with WAL archiving and replication switched off so the
-copy can never write into the production archive or connect to a production
-server. Two *scenarios*:
+bound to 127.0.0.1. The copy runs with WAL archiving and replication switched
+off, so it cannot write into the production archive or connect to a
+production server. Two *scenarios*:
 
 ``storage`` (loss of the primary region)
     The copy is rebuilt from the storage regions only: the newest base backup
     plus archived WAL, recovered to the end of the archive
-    (``restore.pitr.restore_pitr``). Neither server is read except for the
-    marker.
+    (``restore.pitr.restore_pitr``). The primary is used only to write the
+    marker and read its table list; the standby is not used.
 ``replica`` (the standby path)
     ``pg_basebackup`` copies the streaming standby into the scratch directory;
     the copy starts as a standby, reaches consistency and is promoted, as the
@@ -211,8 +211,12 @@ def measure_copy_rpo(conn: psycopg.Connection, marker: dict[str, Any]) -> dict[s
     if present:
         facts.update(rpo_seconds=0.0, rpo_method="marker_present", lost_bytes=0)
         return facts
-    for method, newest_text in (("commit_timestamp", commit_ts), ("last_replayed_commit", facts["last_replayed_commit_at"]),
-                                ("newest_marker", newest_marker)):
+    candidates = (
+        ("commit_timestamp", commit_ts),
+        ("last_replayed_commit", facts["last_replayed_commit_at"]),
+        ("newest_marker", newest_marker),
+    )
+    for method, newest_text in candidates:
         if newest_text:
             gap = (marker_at - parse_time(newest_text)).total_seconds()
             facts.update(rpo_seconds=round(max(0.0, gap), 3), rpo_method=method)
@@ -233,7 +237,8 @@ def _open_copy(scratch, dbname: str, run_id: str, scenario: str) -> dict[str, An
             " kind text NOT NULL, created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
         )
         probe_id = conn.execute(
-            f"INSERT INTO {DR_SCHEMA}.probe (run_id, kind) VALUES (%s, %s) RETURNING id", (run_id, f"rehearsal_{scenario}")
+            f"INSERT INTO {DR_SCHEMA}.probe (run_id, kind) VALUES (%s, %s) RETURNING id",
+            (run_id, f"rehearsal_{scenario}"),
         ).fetchone()[0]
     return {"probe_id": probe_id}
 
@@ -312,7 +317,9 @@ def rehearse_replica(config: ResguardoConfig, database: str, *, topology: Topolo
 
         _validate_and_open(config, database, result, timeline, scratch, dbname, structure, context)
         result.rto_seconds = round((utc_now() - started).total_seconds(), 3)
-        result.rpo_seconds, result.rpo_method, result.lost_bytes = rpo["rpo_seconds"], rpo["rpo_method"], rpo["lost_bytes"]
+        result.rpo_seconds = rpo["rpo_seconds"]
+        result.rpo_method = rpo["rpo_method"]
+        result.lost_bytes = rpo["lost_bytes"]
     except (ResguardoError, psycopg.Error) as error:
         result.error = _error_text(error)
         log.error("drills.rehearsal.failed", extra={**context, "error": result.error})
@@ -374,7 +381,9 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
 
         _validate_and_open(config, database, result, timeline, scratch, dbname, structure, context)
         result.rto_seconds = round((utc_now() - started).total_seconds(), 3)
-        result.rpo_seconds, result.rpo_method, result.lost_bytes = rpo["rpo_seconds"], rpo["rpo_method"], rpo["lost_bytes"]
+        result.rpo_seconds = rpo["rpo_seconds"]
+        result.rpo_method = rpo["rpo_method"]
+        result.lost_bytes = rpo["lost_bytes"]
     except ImportError as error:
         result.error = _("the point-in-time recovery engine (restore.pitr) is not installed: {error}").format(
             error=error)
@@ -470,7 +479,8 @@ def _conclude(config: ResguardoConfig, result: RehearsalResult) -> RehearsalResu
     body.pop("evidence", None)
     subject = {"run_id": result.run_id, "scenario": result.scenario,
                "backup_id": (result.source or {}).get("backup")}
-    result.evidence = records.append_record(config, records.KIND_REHEARSAL, result.database, subject, result.passed, body)
+    result.evidence = records.append_record(config, records.KIND_REHEARSAL, result.database, subject, result.passed,
+                                            body)
     log.info("drills.rehearsal.done",
              extra={"run_id": result.run_id, "database": result.database, "scenario": result.scenario,
                     "passed": result.passed, "rto_seconds": result.rto_seconds, "rpo_seconds": result.rpo_seconds,

@@ -5,7 +5,7 @@ The report is in the active language (Spanish unless ``RESGUARDO_LANG=en`` or
 (``timezone`` in the config, default America/Guayaquil). For each scenario it
 gives the steps with start time and duration, RTO and RPO against their
 targets with the RPO method, the validation outcome, the findings and the
-evidence record that holds the signed figures.
+evidence record that contains the signed figures.
 
 >>> format_seconds(3725.5)
 '3725.5 s (1 h 2 min 5 s)'
@@ -78,7 +78,7 @@ def format_seconds(value: float | None) -> str:
         return "?"
     if value < 60:
         return f"{value:.1f} s"
-    whole = int(round(value))
+    whole = int(value)
     hours, rest = divmod(whole, 3600)
     minutes, seconds = divmod(rest, 60)
     parts = ([f"{hours} h"] if hours else []) + [f"{minutes} min", f"{seconds} s"]

@@ -17,8 +17,8 @@ Terms:
 
 With ``pool_mode = session`` PAUSE waits for every client to disconnect. So a
 PAUSE that does not finish within ``pause_timeout`` seconds is replaced by
-KILL, which drops the alias's client and server connections at once and holds
-new clients until RESUME.
+KILL, which drops the alias's client and server connections at once and keeps
+new clients waiting until RESUME.
 
 >>> parse_entry("host=10.0.0.5 port=5432 dbname=core pool_size=20")
 {'host': '10.0.0.5', 'port': '5432', 'dbname': 'core', 'pool_size': '20'}
@@ -69,7 +69,7 @@ class RouterError(ResguardoError):
 
 @dataclass
 class SwitchResult:
-    """What one switch did."""
+    """The outcome of one switch."""
 
     router: str
     alias: str
@@ -85,7 +85,7 @@ class SwitchResult:
 
 
 class Router(abc.ABC):
-    """Where clients connect; a failover points it at the new primary."""
+    """The address clients connect to, which a failover points at the new primary."""
 
     kind: str
 
@@ -183,9 +183,9 @@ def replace_target(text: str, alias: str, target: Endpoint) -> tuple[str, dict[s
 def write_atomically(path: Path, data: str) -> None:
     """Replace ``path`` with ``data`` so readers see the old or the new file, never a mix.
 
-    The temporary file is created in the same directory, given the original's
-    mode and owner, flushed to disk and renamed over the original; the
-    directory is synced so the rename survives a crash.
+    The temporary file is created in the same directory with the original's
+    mode and owner, flushed to disk and renamed over the original. The
+    directory is synced afterwards, so the rename survives a crash.
     """
     original = path.stat()
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -235,7 +235,8 @@ class PgBouncerRouter(Router):
             return self.config_file.read_text(encoding="utf-8")
         except OSError as error:
             raise RouterError(
-                _("cannot read the PgBouncer config {path}: {error}").format(path=self.config_file, error=error.strerror),
+                _("cannot read the PgBouncer config {path}: {error}").format(
+                    path=self.config_file, error=error.strerror),
                 _("run Resguardo on the PgBouncer host with read and write access to this file"),
             ) from None
 
@@ -274,7 +275,8 @@ class PgBouncerRouter(Router):
             return psycopg.connect(self.admin_dsn, autocommit=True, connect_timeout=ADMIN_CONNECT_TIMEOUT_SECONDS)
         except psycopg.OperationalError as error:
             raise RouterError(
-                _("cannot connect to the PgBouncer admin console: {error}").format(error=str(error).strip().splitlines()[0]),
+                _("cannot connect to the PgBouncer admin console: {error}").format(
+                    error=str(error).strip().splitlines()[0]),
                 _("check dr.router.admin_dsn (dbname=pgbouncer) and that this user is in admin_users"),
             ) from None
 
@@ -318,8 +320,8 @@ class PgBouncerRouter(Router):
 
         log.warning("drills.router.pause_timeout", extra={"alias": self.alias, "timeout_seconds": pause_timeout})
         self._admin_command(admin, f"KILL {self.alias}")
-        # The pending PAUSE never answers after KILL; shutting the socket down
-        # ends the waiting thread's connection.
+        # PgBouncer 1.18 sends no reply to the pending PAUSE after KILL, so
+        # shutting the socket down ends the waiting thread's connection.
         try:
             with socket.socket(fileno=os.dup(pause_conn.fileno())) as raw:
                 raw.shutdown(socket.SHUT_RDWR)

@@ -1,4 +1,4 @@
-"""What the storage regions hold for a database: the newest base backup and archived WAL file.
+"""The newest base backup and archived WAL file of a database in the storage regions.
 
 A failover preflight reports both, because after a failover the new primary
 must be protected again: the newest base backup plus the archived WAL bound

@@ -3,8 +3,8 @@
 A *step* is one named phase (``detect``, ``fetch``, ``promote``, ...) with its
 UTC start time, wall-clock duration in seconds, outcome and details. A
 *timeline* is the ordered list of steps of one run. Durations come from
-``time.monotonic()``, so a clock adjustment during a run does not distort them;
-start times come from the wall clock, because auditors compare them with logs.
+``time.monotonic()``, so a clock adjustment during a run does not distort them.
+Start times come from the wall clock, because auditors compare them with logs.
 
 >>> timeline = Timeline()
 >>> with timeline.step("detect") as detail:

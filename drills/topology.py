@@ -231,7 +231,7 @@ def load_topology(config: ResguardoConfig, database: str, *, dsn: str | None = N
 
 @dataclass
 class NodeState:
-    """What one probe saw on a node. Times are ISO 8601 UTC strings or None."""
+    """The state of one node as one probe read it; times are ISO 8601 UTC strings or None."""
 
     label: str
     site: str
@@ -282,7 +282,7 @@ def _first_line(error: BaseException) -> str:
 
 
 def probe(node: Node, *, timeout: int = CONNECT_TIMEOUT_SECONDS) -> NodeState:
-    """Connect to ``node`` and read its role, WAL position, timeline and lag facts.
+    """Read the role, WAL position, timeline and replication state of ``node``.
 
     An unreachable node gives a state with role ``unreachable`` and the error;
     every other failure raises.
@@ -415,5 +415,5 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.2, what: str) -> 
         if predicate():
             return time.monotonic() - started
         if time.monotonic() - started > timeout:
-            raise TimeoutError(f"{what} did not happen within {timeout} s")
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)

@@ -48,20 +48,28 @@ from typing import Any, Callable
 
 import psycopg
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from masking.catalog import WORK_SCHEMA, Catalog, Column, read_catalog
 from masking.errors import MaskingError, PolicyError
 from masking.keys import MaskingKey
 from masking.policy import MaskingPolicy, format_table_name
 from masking.transformers import KeepRule, NullRule, Transformer, TransformerFactory, element_wise
+from masking.worktables import (
+    ConnectionTarget,
+    create_work_tables,
+    drop_work_tables,
+    run_jobs,
+    split_jobs,
+    work_table,
+    writable,
+)
 from resguardo.i18n import _
 from resguardo.log import get_logger
 
 log = get_logger("masking.engine")
 
-DEFAULT_BATCH_ROWS = 5_000
-DEFAULT_FLUSH_ROWS = 100_000
+# Masking runs in the calling process unless the masking config asks for more.
+DEFAULT_WORKERS = 1
 
 
 @dataclass
@@ -347,49 +355,74 @@ def _recreate_constraints(conn: psycopg.Connection, dropped: _DroppedConstraints
     return recreated
 
 
-def mask_database(conn: psycopg.Connection, plan: MaskingPlan, *, batch_rows: int = DEFAULT_BATCH_ROWS,
-                  flush_rows: int = DEFAULT_FLUSH_ROWS) -> dict[str, Any]:
+def mask_database(conn: psycopg.Connection, plan: MaskingPlan, *, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
     """Mask every masked column of ``plan`` in the connected (scratch) database.
 
-    Commits on success. Returns a JSON-serialisable report: rows updated and
-    seconds per table, constraints recreated, materialized views refreshed.
+    Phase one computes the masked values of every leaf into work tables
+    (:mod:`masking.worktables`), in ``workers`` processes. Phase two, in one
+    transaction with phase one's locks, drops the constraints, updates each
+    leaf from its work table and recreates the constraints. Commits on
+    success. Returns a JSON-serialisable report: rows updated and seconds per
+    table, constraints recreated, materialized views refreshed.
     """
     require_autocommit(conn)
     started = time.monotonic()
-    report: dict[str, Any] = {"key_id": plan.key_id, "tables": {}, "constraints_recreated": [], "materialized_views": []}
-    log.info("masking.start", extra={"database": plan.policy.database, "tables": len(plan.tables), "key_id": plan.key_id})
-    with conn.transaction():
-        with conn.cursor() as cur:
-            cur.execute("SET LOCAL session_replication_role = replica")
-            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(WORK_SCHEMA)))
-            for schema, table, trigger in plan.catalog.always_triggers:
-                cur.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(qualified(schema, table), sql.Identifier(trigger)))
-            if plan.catalog.large_objects:
-                cur.execute("SELECT count(lo_unlink(oid)) FROM pg_largeobject_metadata")
-                report["large_objects_dropped"] = cur.fetchone()[0]
-            dropped = _drop_constraints(cur, plan)
+    report: dict[str, Any] = {"key_id": plan.key_id, "tables": {}, "constraints_recreated": [], "materialized_views": [],
+                              "workers": workers}
+    log.info("masking.start", extra={"database": plan.policy.database, "tables": len(plan.tables), "key_id": plan.key_id,
+                                     "workers": workers})
+    masked_tables = [(index, table) for index, table in enumerate(plan.tables) if table.masked]
+    leaves = [(leaf, table) for _index, table in masked_tables for leaf in table.leaves]
+    create_work_tables(conn, [(oid, schema, name, [m.column.name for m in table.masked])
+                              for (oid, schema, name), table in leaves])
+    try:
+        with conn.transaction():
+            with conn.cursor() as cur:
+                cur.execute("SET LOCAL session_replication_role = replica")
+                # SHARE blocks every other writer but not the jobs' readers, so the
+                # rows the jobs read are still there, unchanged, for the UPDATE.
+                for (oid, schema, name), _table in leaves:
+                    cur.execute(sql.SQL("LOCK TABLE ONLY {} IN SHARE MODE").format(qualified(schema, name)))
 
-        for table in plan.tables:
-            if not table.masked:
-                continue
-            table_started = time.monotonic()
-            rows = 0
-            for leaf in table.leaves:
-                rows += _mask_leaf(conn, table, leaf, batch_rows, flush_rows)
-            report["tables"][table.label] = {
-                "rows_updated": rows,
-                "columns": {m.column.name: m.rule.transform for m in table.masked},
-                "seconds": round(time.monotonic() - table_started, 3),
-            }
+            phase_started = time.monotonic()
+            written = run_jobs(
+                ConnectionTarget.of(conn),
+                [job for index, table in masked_tables for job in split_jobs(conn, index, table.leaves, workers)],
+                columns={index: [m.column.name for m in table.masked] for index, table in masked_tables},
+                functions={index: [writable(m.function, m.column) for m in table.masked] for index, table in masked_tables},
+                rules={index: [(m.column, m.rule) for m in table.masked] for index, table in masked_tables},
+                key=plan.factory.key,
+                workers=workers,
+            )
+            report["compute_seconds"] = round(time.monotonic() - phase_started, 3)
 
-        report["constraints_recreated"] = _recreate_constraints(conn, dropped)
-        with conn.cursor() as cur:
-            for schema, table, trigger in plan.catalog.always_triggers:
-                cur.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(qualified(schema, table), sql.Identifier(trigger)))
-            # Materialized views hold copies of the original rows until refreshed.
-            for schema, view in plan.catalog.materialized_views:
-                cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(qualified(schema, view)))
-                report["materialized_views"].append(f"{schema}.{view}")
+            with conn.cursor() as cur:
+                for schema, table, trigger in plan.catalog.always_triggers:
+                    cur.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(qualified(schema, table), sql.Identifier(trigger)))
+                if plan.catalog.large_objects:
+                    cur.execute("SELECT count(lo_unlink(oid)) FROM pg_largeobject_metadata")
+                    report["large_objects_dropped"] = cur.fetchone()[0]
+                dropped = _drop_constraints(cur, plan)
+
+            for _index, table in masked_tables:
+                table_started = time.monotonic()
+                rows = sum(_update_leaf(conn, table, leaf, written[leaf[0]]) for leaf in table.leaves)
+                report["tables"][table.label] = {
+                    "rows_updated": rows,
+                    "columns": {m.column.name: m.rule.transform for m in table.masked},
+                    "seconds": round(time.monotonic() - table_started, 3),
+                }
+
+            report["constraints_recreated"] = _recreate_constraints(conn, dropped)
+            with conn.cursor() as cur:
+                for schema, table, trigger in plan.catalog.always_triggers:
+                    cur.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(qualified(schema, table), sql.Identifier(trigger)))
+                # Materialized views hold copies of the original rows until refreshed.
+                for schema, view in plan.catalog.materialized_views:
+                    cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(qualified(schema, view)))
+                    report["materialized_views"].append(f"{schema}.{view}")
+    finally:
+        drop_work_tables(conn, [oid for (oid, _schema, _name), _table in leaves])
     # Statistics (most common values, histograms) still describe the original
     # data until ANALYZE replaces them.
     conn.execute("ANALYZE")
@@ -398,94 +431,36 @@ def mask_database(conn: psycopg.Connection, plan: MaskingPlan, *, batch_rows: in
     return report
 
 
-def _mask_leaf(conn: psycopg.Connection, table: TablePlan, leaf: tuple[int, str, str], batch_rows: int,
-               flush_rows: int) -> int:
+def _update_leaf(conn: psycopg.Connection, table: TablePlan, leaf: tuple[int, str, str], written: int) -> int:
+    """Copy the masked values from the leaf's work table into the leaf and record the moved map."""
     leaf_oid, schema, name = leaf
-    target = qualified(schema, name)
     columns = [m.column.name for m in table.masked]
-    functions = [m.function for m in table.masked]
-    column_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
-    batch_table = sql.Identifier(f"_masking_batch_{leaf_oid}")
+    work = work_table(leaf_oid)
     moved_table = qualified(WORK_SCHEMA, f"moved_{leaf_oid}")
     started = time.monotonic()
-    log.info("masking.leaf.start", extra={"table": f"{schema}.{name}", "columns": len(columns)})
-
     with conn.cursor() as cur:
+        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (old_tid tid NOT NULL, new_tid tid NOT NULL)").format(moved_table))
+        # Statistics let the planner choose a hash join over the work table.
+        cur.execute(sql.SQL("ANALYZE {}").format(work))
         cur.execute(
-            sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT ctid AS _tid, {} FROM ONLY {} WITH NO DATA").format(
-                batch_table, column_list, target
+            sql.SQL(
+                "WITH moved AS (UPDATE ONLY {target} AS t SET {assignments} FROM {work} AS w WHERE t.ctid = w._tid "
+                "RETURNING w._tid, t.ctid) INSERT INTO {moved} SELECT * FROM moved"
+            ).format(
+                target=qualified(schema, name),
+                assignments=sql.SQL(", ").join(sql.SQL("{0} = w.{0}").format(sql.Identifier(c)) for c in columns),
+                work=work,
+                moved=moved_table,
             )
         )
-        cur.execute(sql.SQL("CREATE UNLOGGED TABLE {} (old_tid tid NOT NULL, new_tid tid NOT NULL)").format(moved_table))
-
-    # COPY sends values as text and the server parses them per column type, so
-    # only JSON documents need a wrapper (a Python list would become an SQL array).
-    functions = [
-        _wrap_json(function) if m.column.value_kind == "json" and not m.column.is_array else function
-        for function, m in zip(functions, table.masked)
-    ]
-
-    update = sql.SQL(
-        "WITH moved AS (UPDATE ONLY {target} AS t SET {assignments} FROM {batch} AS b WHERE t.ctid = b._tid "
-        "RETURNING b._tid, t.ctid) INSERT INTO {moved} SELECT * FROM moved"
-    ).format(
-        target=target,
-        assignments=sql.SQL(", ").join(sql.SQL("{0} = b.{0}").format(sql.Identifier(c)) for c in columns),
-        batch=batch_table,
-        moved=moved_table,
-    )
-    not_all_null = sql.SQL(" OR ").join(sql.SQL("{} IS NOT NULL").format(sql.Identifier(c)) for c in columns)
-
-    rows = 0
-    pending = 0
-    reader = conn.cursor(name=f"masking_read_{leaf_oid}")
-    reader.itersize = batch_rows
-    reader.execute(
-        sql.SQL("SELECT ctid, {} FROM ONLY {} WHERE {}").format(column_list, target, not_all_null)
-    )
-    writer = conn.cursor()
-    try:
-        while True:
-            batch = reader.fetchmany(batch_rows)
-            if not batch:
-                break
-            with writer.copy(sql.SQL("COPY {} FROM STDIN").format(batch_table)) as copy:
-                for row in batch:
-                    masked = [row[0]]
-                    for function, value in zip(functions, row[1:]):
-                        masked.append(None if value is None else function(value))
-                    copy.write_row(masked)
-            pending += len(batch)
-            if pending >= flush_rows:
-                rows += _flush(writer, update, batch_table)
-                pending = 0
-        if pending:
-            rows += _flush(writer, update, batch_table)
-    except (ValueError, TypeError) as error:
-        log.error("masking.leaf.failed", extra={"table": f"{schema}.{name}", "error_type": type(error).__name__})
+        rows = cur.rowcount
+    if rows != written:
+        log.error("masking.leaf.count_mismatch", extra={"table": f"{schema}.{name}", "written": written, "updated": rows})
         raise MaskingError(
-            _("masking table {table} failed: a value could not be transformed ({error})").format(
-                table=f"{schema}.{name}", error=type(error).__name__
+            _("masking table {table} updated {updated} rows but computed {written}; the table changed during masking").format(
+                table=f"{schema}.{name}", updated=rows, written=written
             ),
-            _("check that each column's rule fits its content (e.g. date on text columns needs ISO dates)"),
-        ) from None
-    finally:
-        reader.close()
-        writer.close()
+            _("make sure nothing else writes to the scratch database while it is masked, then run again"),
+        )
     log.info("masking.leaf.stop", extra={"table": f"{schema}.{name}", "rows": rows, "seconds": round(time.monotonic() - started, 3)})
     return rows
-
-
-def _wrap_json(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    def apply(value: Any) -> Any:
-        result = function(value)
-        return result if result is None or isinstance(result, str) else Jsonb(result)
-
-    return apply
-
-
-def _flush(cur: psycopg.Cursor, update: sql.Composed, batch_table: sql.Identifier) -> int:
-    cur.execute(update)
-    count = cur.rowcount
-    cur.execute(sql.SQL("TRUNCATE {}").format(batch_table))
-    return count

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hmac
+import functools
 import json
 import re
 from decimal import Decimal
@@ -54,8 +54,16 @@ from masking.identifiers import (
 from masking.keys import MaskingKey
 from masking.names import NamePicker, load_list, strip_accents
 
+try:
+    # The C function behind hmac.digest, without the wrapper's argument checks:
+    # e-mail, amount and token masking call it once per value.
+    from _hashlib import hmac_digest as _hmac_digest
+except ImportError:  # pragma: no cover - Python builds without OpenSSL
+    from hmac import digest as _hmac_digest
+
 VALUE_KINDS = ("text", "integer", "numeric", "date", "json")
 _CACHE_LIMIT = 200_000
+_MISSING = object()
 
 
 class _Rule(BaseModel):
@@ -297,12 +305,12 @@ class Transformer:
 
     def __call__(self, value: Any) -> Any:
         try:
-            return self._cache[value]
-        except KeyError:
-            pass
+            result = self._cache.get(value, _MISSING)
         except TypeError:
             # Unhashable values (JSON documents) are not cached.
             return self.apply(value)
+        if result is not _MISSING:
+            return result
         result = self.apply(value)
         if len(self._cache) >= _CACHE_LIMIT:
             self._cache.clear()
@@ -359,18 +367,46 @@ class EmailTransformer(Transformer):
 
     def apply(self, value: str) -> str:
         source = value.lower() if self.rule.case_insensitive else value
-        digest = hmac.digest(self._key, source.encode("utf-8"), "sha256")
+        digest = _hmac_digest(self._key, source.encode("utf-8"), "sha256")
         # Bytes 0-9 form the 80-bit token that keeps outputs distinct; the
         # names only make the address look real.
-        token = base64.b32encode(digest[:10]).decode("ascii").lower()
-        given_names, surnames = load_list("given_names"), load_list("surnames")
-        given = _email_word(given_names[int.from_bytes(digest[10:14], "big") % len(given_names)])
-        surname = _email_word(surnames[int.from_bytes(digest[14:18], "big") % len(surnames)])
+        token = base32_lower(digest[:10])
+        given_names, surnames = _email_words("given_names"), _email_words("surnames")
+        given = given_names[int.from_bytes(digest[10:14], "big") % len(given_names)]
+        surname = surnames[int.from_bytes(digest[14:18], "big") % len(surnames)]
         return f"{given}.{surname}.{token}@{self.rule.domain}"
 
 
 def _email_word(name: str) -> str:
     return strip_accents(name).lower().replace(" ", "").replace("ñ", "n")
+
+
+@functools.lru_cache(maxsize=None)
+def _email_words(list_name: str) -> tuple[str, ...]:
+    """Return the entries of a bundled name list as e-mail words (ASCII-ish, lower case, no spaces)."""
+    return tuple(_email_word(name) for name in load_list(list_name))
+
+
+_BASE32_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+# Every 10-bit group as its two base32 characters.
+_BASE32_PAIRS = tuple(a + b for a in _BASE32_ALPHABET for b in _BASE32_ALPHABET)
+
+
+def base32_lower(data: bytes) -> str:
+    """Encode 10 bytes as 16 lower-case RFC 4648 base32 characters (no padding needed).
+
+    >>> base32_lower(bytes(range(10))) == base64.b32encode(bytes(range(10))).decode().lower()
+    True
+    """
+    if len(data) != 10:
+        raise ValueError(f"base32_lower takes exactly 10 bytes, got {len(data)}")
+    number = int.from_bytes(data, "big")
+    pairs = _BASE32_PAIRS
+    return (
+        pairs[number >> 70] + pairs[(number >> 60) & 1023] + pairs[(number >> 50) & 1023]
+        + pairs[(number >> 40) & 1023] + pairs[(number >> 30) & 1023] + pairs[(number >> 20) & 1023]
+        + pairs[(number >> 10) & 1023] + pairs[number & 1023]
+    )
 
 
 class AddressTransformer(Transformer):
@@ -381,7 +417,7 @@ class AddressTransformer(Transformer):
         self._key = key
 
     def apply(self, value: str) -> str:
-        digest = hmac.digest(self._key, value.encode("utf-8"), "sha256")
+        digest = _hmac_digest(self._key, value.encode("utf-8"), "sha256")
         streets = load_list("streets")
         first = streets[int.from_bytes(digest[0:4], "big") % len(streets)]
         second = streets[int.from_bytes(digest[4:8], "big") % len(streets)]
@@ -407,7 +443,7 @@ class DateTransformer(Transformer):
         self.guarantees_change = rule.mode == "shift"
 
     def _offset(self, value: Any) -> int:
-        digest = hmac.digest(self._key, str(value).encode("utf-8"), "sha256")
+        digest = _hmac_digest(self._key, str(value).encode("utf-8"), "sha256")
         span = self.rule.max_days
         offset = int.from_bytes(digest[:8], "big") % (2 * span) - span
         return offset if offset != 0 else span
@@ -443,7 +479,7 @@ class AmountTransformer(Transformer):
         self._key = key
 
     def apply(self, value: Any) -> Any:
-        digest = hmac.digest(self._key, str(value).encode("utf-8"), "sha256")
+        digest = _hmac_digest(self._key, str(value).encode("utf-8"), "sha256")
         # A factor in [1 - r, 1 + r], away from 1 by at least r/10 so the value moves.
         fraction = int.from_bytes(digest[:8], "big") / 2**64
         ratio = self.rule.max_ratio * (0.1 + 0.9 * fraction) * (1 if digest[8] % 2 else -1)
@@ -456,8 +492,14 @@ class AmountTransformer(Transformer):
                 return value
             scaled = value * Decimal(repr(1 + ratio))
             exponent = value.as_tuple().exponent
-            return scaled.quantize(Decimal(1).scaleb(exponent)) if isinstance(exponent, int) else scaled
+            return scaled.quantize(_quantum(exponent)) if isinstance(exponent, int) else scaled
         return float(value) * (1 + ratio)
+
+
+@functools.lru_cache(maxsize=64)
+def _quantum(exponent: int) -> Decimal:
+    """Return ``1E<exponent>``, the quantum that keeps a numeric's scale."""
+    return Decimal(1).scaleb(exponent)
 
 
 class RedactTransformer(Transformer):
@@ -520,7 +562,7 @@ class TokenTransformer(Transformer):
         self._key = key
 
     def apply(self, value: Any) -> str:
-        digest = hmac.digest(self._key, str(value).encode("utf-8"), "sha256")
+        digest = _hmac_digest(self._key, str(value).encode("utf-8"), "sha256")
         return self.rule.prefix + base64.b32encode(digest).decode("ascii").lower()[: self.rule.length]
 
 
@@ -573,6 +615,8 @@ class TransformerFactory:
             digits = DigitsMasker(key.subkey("phone"), "phone")
 
             def mask_phone(text: str) -> str:
+                if text.isascii() and text.isdigit():
+                    return digits.mask_digits(text, phone_prefix_length(text))
                 return digits.mask(text, keep_prefix=phone_prefix_length("".join(c for c in text if c.isdigit())))
 
             return _StringMasker(rule, mask_phone, injective=True)

@@ -73,6 +73,9 @@ def test_backup_then_restore_test_dags(airflow_home):
         aws_access_key_id="x", aws_secret_access_key="y").list_objects_v2(Bucket="banca-airflow")["Contents"]]
     assert f"banca/logical/{backup_id}/manifest.json" in s3_keys
 
+    chain = dags_test("resguardo_evidence_verify", env)
+    assert chain.returncode == 0, chain.stdout[-3000:] + chain.stderr[-3000:]
+
 
 def test_dag_docs_follow_language(airflow_home):
     import subprocess

@@ -1,7 +1,7 @@
 """DR drills against real servers: a primary, a streaming standby and PgBouncer, all on 127.0.0.1.
 
 The tests share one topology and run in file order, because each builds on
-the previous state: rehearsals and refusals first, then a failover under
+the previous state. Rehearsals and refusals come first, then a failover under
 write load, the fenced old primary, the failback by pg_rewind and the
 switchover back to the configured primary.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import yaml
 
 from drills import failback, failover, rehearsal
 from drills.report import render_rehearsal
@@ -30,7 +31,8 @@ from resguardo.pgtools import chown_tree, demote, find_program, run_checked, ser
 from restore.scratch import ScratchCluster, free_port
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-pytestmark = pytest.mark.skipif(not os.path.exists(PGBOUNCER), reason="pgbouncer is not installed (apt-get install pgbouncer)")
+pytestmark = pytest.mark.skipif(not os.path.exists(PGBOUNCER),
+                                reason="pgbouncer is not installed (apt-get install pgbouncer)")
 
 REPLICATION_SETTINGS = {
     "wal_level": "replica",
@@ -151,8 +153,10 @@ def lab(tmp_path_factory):
         },
     }
     config = parse_config(data, base)
-    lab = dataclasses.make_dataclass("Lab", ["config", "primary", "standby", "bouncer", "base"])(
-        config, primary, standby, bouncer, base)
+    config_file = base / "resguardo.yaml"
+    config_file.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+    lab = dataclasses.make_dataclass("Lab", ["config", "config_file", "primary", "standby", "bouncer", "base"])(
+        config, config_file, primary, standby, bouncer, base)
     yield lab
     bouncer.stop()
     standby.destroy()
@@ -200,7 +204,8 @@ def test_rehearsal_replica_measures_rto_and_rpo(lab):
     assert stored[0]["body"]["rto_seconds"] == result.rto_seconds
 
     report = render_rehearsal(results)
-    assert "RTO" in report and "RPO" in report
+    assert "RTO" in report
+    assert "RPO" in report
     # The copy is gone and production is unchanged: the standby still streams.
     assert probe(load_topology(lab.config, "core").standby).role == "standby"
 
@@ -217,11 +222,6 @@ def test_rehearsal_missed_target_fails(lab):
     assert stored[0]["outcome"] == "failed"
 
 
-def test_rehearsal_storage_scenario(lab):
-    pytest.importorskip("restore.pitr", reason="restore.pitr (PITR engine) is not in the tree yet")
-    pytest.skip("storage scenario needs WAL archiving into the test regions; covered once restore.pitr lands")
-
-
 # -- refusals ------------------------------------------------------------------------
 
 
@@ -230,6 +230,30 @@ def test_failover_rejects_wrong_confirmation(lab):
         failover.run_failover(lab.config, "core", reason="rehearsal of the refusal path", confirmation="failover",
                               notify=False)
     assert "FAILOVER" in caught.value.message
+
+
+def test_cli_dr_status_shows_roles(lab, capsys, monkeypatch):
+    from resguardo.cli import main
+
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+    status = main(["--config", str(lab.config_file), "dr", "status", "core"])
+
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "primary (primary): primary, timeline 1" in output
+    assert "standby (dr-quito): standby, timeline 1" in output
+    assert f"Router sends clients to 127.0.0.1:{lab.primary.port}" in output
+
+
+def test_cli_failover_wrong_word_exits_12(lab, capsys):
+    from resguardo.cli import main
+
+    status = main(["--config", str(lab.config_file), "failover", "core", "--reason", "cli refusal test run",
+                   "--confirm", "yes"])
+
+    assert status == 12
+    assert "FAILOVER" in capsys.readouterr().err
+    assert probe(load_topology(lab.config, "core").standby).role == "standby"
 
 
 def test_failover_rejects_scheduled_run(lab):

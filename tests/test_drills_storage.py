@@ -1,10 +1,10 @@
 """The storage rehearsal end to end: WAL archive and base backup in a region, rebuilt by PITR.
 
-The primary archives through ``wal-push`` run by the server as the
-``postgres`` OS user, so everything lives under one temporary directory that
-user can read, and ``archive_command``/``restore_command`` use a launcher
-that runs the system's Python on the venv's packages (the venv's interpreter
-is under /root, which ``postgres`` cannot enter).
+The primary archives through ``wal-push``, which the server runs as the
+``postgres`` OS user. So everything lives under one temporary directory that
+user can read. ``archive_command`` and ``restore_command`` use a launcher that
+runs the system's Python on the venv's packages, because the venv's
+interpreter is under /root, which ``postgres`` cannot enter.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def wait_archived(cluster, name: str, timeout: float = 60) -> None:
 
 @pytest.fixture(scope="module")
 def archived():
-    """A primary that archives WAL into region fs-a, with one base backup; returns (config, config file, launcher, cluster)."""
+    """Yield (config, config file, launcher, primary): a primary archiving into fs-a, with one base backup."""
     from backup.basebackup import run_base_backup
     from encryption.keys import generate_keypair
     from resguardo.config import load_config
@@ -63,6 +63,9 @@ def archived():
     generate_keypair(keys, "signing", "ed25519")
     for name in ("fs-a", "evidence", "state"):
         (root / name).mkdir()
+    # The server's wal-push runs as postgres, the base backup as root: the
+    # WAL prefix must exist before root creates the database's directory.
+    (root / "fs-a" / "core" / "wal").mkdir(parents=True)
     launcher = root / "resguardo"
     launcher.write_text(LAUNCHER.format(python=SYSTEM_PYTHON, site=VENV_SITE), encoding="utf-8")
     os.chmod(launcher, 0o755)

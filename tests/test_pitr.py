@@ -205,6 +205,74 @@ def test_target_settings_in_utc():
     assert settings["recovery_target_timeline"] == "latest"
 
 
+def _tar_bytes(members) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.SYMTYPE:
+                info.linkname = "/elsewhere"
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def test_tar_sink_unpacks_in_small_pieces(tmp_path):
+    import tarfile
+
+    from restore.pitr_tar import TarExtractSink
+
+    payload = os.urandom(70000)
+    stream = _tar_bytes([("base", tarfile.DIRTYPE, None), ("base/1/1259", tarfile.REGTYPE, payload),
+                         ("PG_VERSION", tarfile.REGTYPE, b"15\n"), ("empty", tarfile.REGTYPE, b"")])
+    sink = TarExtractSink(tmp_path / "data")
+    for start in range(0, len(stream), 777):
+        sink.write(stream[start:start + 777])
+    assert sink.close() == 4
+    assert (tmp_path / "data" / "base" / "1" / "1259").read_bytes() == payload
+    assert (tmp_path / "data" / "PG_VERSION").read_text() == "15\n"
+    assert (tmp_path / "data" / "empty").stat().st_size == 0
+
+
+@pytest.mark.parametrize("members", [
+    [("../escape", "0", b"x")],
+    [("/etc/passwd", "0", b"x")],
+    [("pg_tblspc/16384", "2", None)],
+], ids=["dotdot", "absolute", "symlink"])
+def test_tar_sink_rejects_unsafe_members(tmp_path, members):
+    import tarfile
+
+    from resguardo.errors import IntegrityError
+    from restore.pitr_tar import TarExtractSink
+
+    kinds = {"0": tarfile.REGTYPE, "2": tarfile.SYMTYPE}
+    stream = _tar_bytes([(name, kinds[kind], data) for name, kind, data in members])
+    sink = TarExtractSink(tmp_path / "data")
+    with pytest.raises(IntegrityError):
+        sink.write(stream)
+    sink.abort()
+    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "escape").exists()
+
+
+def test_tar_sink_detects_truncation(tmp_path):
+    import tarfile
+
+    from resguardo.errors import IntegrityError
+    from restore.pitr_tar import TarExtractSink
+
+    stream = _tar_bytes([("PG_VERSION", tarfile.REGTYPE, b"15\n" * 1000)])
+    sink = TarExtractSink(tmp_path / "data")
+    sink.write(stream[:1500])
+    with pytest.raises(IntegrityError):
+        sink.close()
+
+
 # -- base backup ---------------------------------------------------------------------------
 
 

@@ -14,8 +14,8 @@ Terms:
   ``DAGs`` or ``DAG:<dag_id>``. ``can_edit`` on a DAG also allows pausing it
   and clearing its task instances, which runs them again, so a role gets
   ``can_edit`` only on the DAGs it may trigger, and never on ``DAGs`` as a whole.
-- *DAG kind*: the family a DAG id belongs to, e.g. ``failover`` for
-  ``resguardo_failover_<db>``. :data:`DAG_KINDS` lists them with their ids.
+- *DAG kind*: the family a DAG id belongs to, e.g. ``dr_rehearsal`` for
+  ``resguardo_dr_rehearsal_<db>``. :data:`DAG_KINDS` lists them with their ids.
 
 The four roles:
 
@@ -29,7 +29,7 @@ The four roles:
   backups, base backups, archive checks and restore tests through the REST
   API and reads their runs.
 
-Admin keeps every permission, as FAB grants it; give that role to nobody but
+Admin keeps every permission, as FAB grants it, so give that role only to
 the platform team.
 
 Usage, from the repository root:
@@ -84,9 +84,8 @@ class DagKind:
     triggered_by: tuple[str, ...]
 
 
-# DAG ids as written by dags/*.py, except the three DR kinds, whose DAG file
-# (dags/dr_rehearsal.py) does not exist yet.
-# NOTE: the DR ids follow the names agreed for that file; check them when it lands.
+# DAG ids as written by dags/*.py. Failover and failback are one DAG each
+# for all databases; the database is a parameter of the run.
 DAG_KINDS = (
     DagKind("backup", "resguardo_backup_{database}", (ROLE_DBA, ROLE_AUTOMATION)),
     DagKind("restore_test", "resguardo_restore_test_{database}", (ROLE_DBA, ROLE_AUTOMATION)),
@@ -94,8 +93,8 @@ DAG_KINDS = (
     DagKind("archive_check", "resguardo_archive_check_{database}", (ROLE_DBA, ROLE_AUTOMATION)),
     DagKind("masking", "resguardo_masking_{database}_{target}", (ROLE_DBA,)),
     DagKind("dr_rehearsal", "resguardo_dr_rehearsal_{database}", (ROLE_DR_COORDINATOR,)),
-    DagKind("failover", "resguardo_failover_{database}", (ROLE_DR_COORDINATOR,)),
-    DagKind("failback", "resguardo_failback_{database}", (ROLE_DR_COORDINATOR,)),
+    DagKind("failover", "resguardo_dr_failover", (ROLE_DR_COORDINATOR,)),
+    DagKind("failback", "resguardo_dr_failback", (ROLE_DR_COORDINATOR,)),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in DAG_KINDS}
 DR_KINDS = ("dr_rehearsal", "failover", "failback")
@@ -137,8 +136,8 @@ READ_PERMISSIONS: tuple[Permission, ...] = (
     (MENU_ACCESS, "Task Instances"),
 )
 
-# What the service account reads: run states and task results, no UI menus.
-# FAB adds "can_read Website" to every custom role at start-up, so it is
+# Read permissions of the service account: run states and task results, no
+# UI menus. FAB adds "can_read Website" to every custom role at start-up, so it is
 # listed here too; otherwise each ``apply`` would remove it again.
 AUTOMATION_READ_PERMISSIONS: tuple[Permission, ...] = (
     (CAN_READ, "Website"),
@@ -223,9 +222,10 @@ def dag_ids_by_kind(databases: dict[str, Any], masking: dict[str, list[str]] | N
 
     ``databases`` maps a name to its ``DatabaseConfig`` (or None, meaning
     every kind applies). Base backup and archive check DAGs exist only with
-    ``pitr.enabled``, as in dags/pitr.py. DR DAG ids are listed for every
-    database: a permission on a DAG that does not exist grants nothing, and
-    a DAG added later is then covered from its first parse.
+    ``pitr.enabled``, as in dags/pitr.py. DR DAG ids are listed whenever a
+    database is configured, although dags/dr_*.py register them only with
+    PITR or a DR standby. A permission on a DAG that does not exist grants
+    nothing, and a DAG added later is then covered from its first parse.
     """
     ids: dict[str, list[str]] = {kind.name: [] for kind in DAG_KINDS}
     for database in sorted(databases):
@@ -236,9 +236,11 @@ def dag_ids_by_kind(databases: dict[str, Any], masking: dict[str, list[str]] | N
                 continue
             if kind.name in ("basebackup", "archive_check") and not pitr_enabled:
                 continue
-            ids[kind.name].append(kind.template.format(database=database))
+            dag_id = kind.template.format(database=database)
+            if dag_id not in ids[kind.name]:
+                ids[kind.name].append(dag_id)
     for database in sorted(masking or {}):
-        for target in masking[database]:
+        for target in sorted(masking[database]):
             ids["masking"].append(KINDS_BY_NAME["masking"].template.format(database=database, target=target))
     return ids
 
@@ -266,11 +268,11 @@ def roles_from_config(config: Any) -> dict[str, set[Permission]]:
 def custom_roles_json(roles: dict[str, set[Permission]]) -> str:
     """Return the value of ``[fab] custom_roles``: ``{role: [{"action", "resource"}, ...]}``.
 
-    FAB creates these roles at API server start only when they are missing,
-    never updates an existing role, and stops with an error when a resource
-    does not exist yet (DAG resources appear once the DAG processor parsed
-    the DAG; the evidence resource once ``apply`` ran). ``apply`` has none of
-    these limits.
+    FAB creates these roles at API server start only when they are missing
+    and never updates an existing role. It also stops with an error when a
+    resource does not exist yet. DAG resources appear once the DAG processor
+    parsed the DAG, and the evidence resource once ``apply`` ran. ``apply``
+    has none of these limits.
     """
     document = {
         role: [{"action": action, "resource": resource} for action, resource in sorted(permissions)]
@@ -289,7 +291,7 @@ def trigger_matrix(roles: dict[str, set[Permission]], dag_ids: Iterable[str]) ->
 
 @dataclass
 class ApplyReport:
-    """What ``apply`` changed, per role."""
+    """Changes made by ``apply``, per role."""
 
     created_roles: list[str]
     added: dict[str, list[Permission]]
