@@ -75,7 +75,7 @@ class TarScanner:
     ``read(n)`` returns exactly what the wrapped stream returns; the headers
     and the data of :data:`CAPTURED_MEMBERS` are parsed on the side. After
     EOF, :attr:`members` maps captured names to their bytes, :attr:`count`
-    is the number of members and :attr:`complete` tells whether the two zero
+    is the number of members and :attr:`complete` is True once the two zero
     blocks that end a tar were seen.
     """
 
@@ -91,10 +91,14 @@ class TarScanner:
         self._capture: bytearray | None = None
         self._capture_name = ""
         self._zero_blocks = 0
+        self.bytes_read = 0
+        self.last_data_at = time.monotonic()
 
     def read(self, size: int = -1) -> bytes:
         data = self.source.read(size)
         if data:
+            self.bytes_read += len(data)
+            self.last_data_at = time.monotonic()
             self._feed(memoryview(data))
         return data
 
@@ -237,7 +241,7 @@ class BaseBackupResult:
 
 
 class _StderrCollector(threading.Thread):
-    """Drains pg_basebackup's stderr so it never blocks, keeping the last 64 KiB."""
+    """Reads pg_basebackup's stderr in a thread, so a full pipe cannot block it; keeps the last 64 KiB."""
 
     def __init__(self, stream):
         super().__init__(daemon=True)
@@ -252,6 +256,39 @@ class _StderrCollector(threading.Thread):
 
     def text(self) -> str:
         return self.data.decode("utf-8", "replace").strip()
+
+
+class _StallWatchdog(threading.Thread):
+    """Kills pg_basebackup when its stream stops for ``stall_seconds`` after data began to flow.
+
+    With ``-X none`` the server sends the last tar bytes only after every WAL
+    segment of the backup is archived, and waits for that without a time
+    limit. A broken ``archive_command`` would hang the backup forever. Before
+    the first byte nothing is checked, because a spread checkpoint may take
+    minutes.
+    """
+
+    def __init__(self, process: subprocess.Popen, scanner: "TarScanner", stall_seconds: float):
+        super().__init__(daemon=True, name="basebackup-watchdog")
+        self.process = process
+        self.scanner = scanner
+        self.stall_seconds = stall_seconds
+        self.fired = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(1.0):
+            if self.process.poll() is not None:
+                return
+            idle = time.monotonic() - self.scanner.last_data_at
+            if self.scanner.bytes_read and idle > self.stall_seconds:
+                self.fired = True
+                log.error("basebackup.stalled", extra={"idle_seconds": round(idle), "bytes": self.scanner.bytes_read})
+                self.process.kill()
+                return
+
+    def stop(self) -> None:
+        self._stop_event.set()
 
 
 def _server_facts(conn) -> dict[str, Any]:
@@ -370,7 +407,9 @@ def run_base_backup(
     an immediate checkpoint instead of waiting for a spread one. Raises,
     leaving no listed backup and no object, when pg_basebackup fails, the
     stream is incomplete, fewer regions than the quorum stored it, or its WAL
-    does not reach every WAL region within ``archive_wait_seconds``.
+    does not reach every WAL region within ``archive_wait_seconds`` (which
+    also bounds how long the stream may stall while the server waits for
+    archiving).
     """
     import zstandard
 
@@ -418,10 +457,20 @@ def run_base_backup(
     stderr = _StderrCollector(process.stderr)
     stderr.start()
     scanner = TarScanner(process.stdout)
+    watchdog = _StallWatchdog(process, scanner, archive_wait_seconds)
+    watchdog.start()
 
     def check_pg_basebackup() -> None:
         status = process.wait()
         stderr.join(timeout=5)
+        if watchdog.fired:
+            raise StorageError(
+                _("pg_basebackup of database {database} sent nothing for {seconds} s after the copy began; "
+                  "the server is most likely waiting for WAL archiving").format(
+                    database=database, seconds=int(archive_wait_seconds)),
+                _("check archive_command and 'resguardo archive-check {database}'; the backup was discarded").format(
+                    database=database),
+            )
         if status != 0:
             raise ExternalToolError(
                 _("pg_basebackup of database {database} failed with exit status {status}: {stderr}").format(
@@ -459,6 +508,7 @@ def run_base_backup(
         log.error("basebackup.failed", extra={"database": database, "backup_id": backup_id}, exc_info=True)
         raise
     finally:
+        watchdog.stop()
         process.stdout.close()
     copy_seconds = round(time.monotonic() - copy_started, 3)
     holding = [region for region in regions if region.name in stored.regions]

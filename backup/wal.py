@@ -16,9 +16,9 @@ Terms (WAL file kinds are defined in :mod:`backup.wal_format`):
   the object. It records the plaintext size and SHA-256 (the ciphertext
   differs on every push, so only the plaintext can be compared), the stored
   size and SHA-256, and it is signed with the signing key when the host has
-  one. A file is *archived in a region* only when its sidecar exists there;
-  an object without a sidecar is the remains of an interrupted push and is
-  overwritten by the next push.
+  one. A file is *archived in a region* only when its sidecar exists there.
+  An object without a sidecar is the remains of an interrupted push, and the
+  next push overwrites it.
 
 Pushing a file whose sidecar already records the same plaintext SHA-256 is a
 no-op that succeeds, as PostgreSQL requires when it retries after a crash.
@@ -63,7 +63,7 @@ READ_SIZE = 1 << 20
 
 
 class WalNotFoundError(NotFoundError):
-    """No WAL region holds the requested file; every region answered."""
+    """The requested file is in no WAL region, and every region responded."""
 
 
 def wal_prefix(database: str, system_identifier: int | str) -> str:
@@ -126,7 +126,7 @@ class _HashingReader:
 
 @dataclass
 class PushResult:
-    """What one push did: regions written now and regions that already held the file."""
+    """Outcome of one push: regions written now and regions that already had the file."""
 
     name: str
     system_identifier: int
@@ -139,7 +139,7 @@ class PushResult:
 
 @dataclass
 class FetchOutcome:
-    """Where a WAL file was restored from, and the regions that failed before it."""
+    """Outcome of one fetch: the region used and the regions that failed before it."""
 
     name: str
     region: str
@@ -176,8 +176,8 @@ def identify_wal_file(path: Path, *, control_system_identifier: int | None) -> t
             ) from None
         expected_name = name.split(".")[0]
         # The first segment of a new timeline starts with a copy of the old
-        # timeline's last segment, so its header may carry an older timeline;
-        # the segment number (page address) must match exactly.
+        # timeline's last segment, so its header may carry an older timeline.
+        # The segment number (page address) must match exactly.
         header_timeline_ok = header.timeline <= int(expected_name[:8], 16)
         if header.segment_name()[8:] != expected_name[8:] or not header_timeline_ok:
             raise IntegrityError(
@@ -331,8 +331,8 @@ class WalArchive:
     def push(self, path: Path, *, control_system_identifier: int | None = None) -> PushResult:
         """Store the WAL file at ``path`` in every WAL region that does not hold it yet.
 
-        Raises IntegrityError when a region holds different content under the
-        same name, and StorageError when a region fails; PostgreSQL then keeps
+        Raises IntegrityError when a region has different content under the
+        same name, and StorageError when a region fails. PostgreSQL then keeps
         the file and calls ``archive_command`` again later.
         """
         started = time.monotonic()
@@ -452,8 +452,8 @@ class WalArchive:
     def fetch(self, name: str, destination: Path, *, system_identifier: int | str) -> FetchOutcome:
         """Restore WAL file ``name`` to ``destination``, trying the WAL regions in order.
 
-        Raises WalNotFoundError only when every region answered that it does
-        not hold the file. Any region failure, damaged copy or key problem
+        Raises WalNotFoundError only when every region responded that it does
+        not have the file. Any region failure, damaged copy or key problem
         raises StorageError, IntegrityError or KeyError_ instead, because
         PostgreSQL would take "not found" as the end of the archive and end
         recovery early.

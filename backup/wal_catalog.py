@@ -1,4 +1,4 @@
-"""What the WAL archive holds: listing, gaps, timeline histories, and WAL that base backups need.
+"""Contents of the WAL archive: listing, gaps, timeline histories, and WAL that base backups need.
 
 Terms:
 

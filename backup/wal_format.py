@@ -91,7 +91,7 @@ def format_lsn(lsn: int) -> str:
 
 
 def segments_per_log_id(segment_size: int) -> int:
-    """Return how many segments one 4 GiB log id holds (256 for 16 MiB segments)."""
+    """Return the number of segments in one 4 GiB log id (256 for 16 MiB segments)."""
     if segment_size <= 0 or segment_size & (segment_size - 1) or segment_size > LOG_ID_BYTES:
         raise WalFormatError(f"invalid WAL segment size {segment_size}; it is a power of two from 1 MiB to 1 GiB")
     return LOG_ID_BYTES // segment_size

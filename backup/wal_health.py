@@ -4,7 +4,7 @@ Terms:
 
 - *archive lag*: how long WAL has been waiting to be archived. It is zero
   when PostgreSQL has no file marked ``.ready`` and no failure newer than its
-  last success; otherwise it is the time since the last successful
+  last success. Otherwise it is the time since the last successful
   ``archive_command`` (``pg_stat_archiver.last_archived_time``). It is the
   current RPO exposure: a disaster now loses at most that much committed
   work, plus what sits in the current, unfinished segment (bounded by
@@ -168,12 +168,26 @@ def _base_manifests(config, database: str, system_identifier: str) -> list[dict[
     return [e.manifest for e in entries if str(e.manifest.get("wal", {}).get("system_identifier")) == system_identifier]
 
 
+def _newest_backup_system(config, database: str) -> str | None:
+    from backup.catalog import list_backups
+    from resguardo.keyring import load_verify_key
+    from storage.registry import open_regions
+
+    db = config.database(database)
+    try:
+        entries = list_backups(open_regions(db.regions, config), load_verify_key(config), database, "base")
+    except ResguardoError:
+        return None
+    return str(entries[-1].manifest["wal"]["system_identifier"]) if entries else None
+
+
 def check_archive(config, database: str, *, dsn: str | None = None, password: str | None = None,
                   archive: WalArchive | None = None) -> ArchiveReport:
     """Check the WAL archive of ``database`` against the server and ``pitr.rpo_seconds``.
 
-    Never raises for what it finds: every finding is a problem or warning in
-    the report. ConfigError is raised for an unknown database.
+    Findings are reported as problems or warnings in the report, not raised.
+    ConfigError is raised for an unknown database, and errors of the
+    configured regions may propagate when a region cannot be opened.
     """
     from backup.source import source_for
 
@@ -225,9 +239,18 @@ def check_archive(config, database: str, *, dsn: str | None = None, password: st
     # 2. The archive's view: which files each region holds.
     system_identifier = report.system_identifier
     if system_identifier is None:
+        # Without the server, the newest base backup identifies the current cluster.
         known = list_system_identifiers(archive.regions, database)
-        system_identifier = known[-1] if len(known) == 1 else None
+        system_identifier = _newest_backup_system(config, database) if len(known) > 1 else None
+        if system_identifier is None and len(known) == 1:
+            system_identifier = known[0]
         report.system_identifier = system_identifier
+        if system_identifier is None and known:
+            report.problems.append(
+                _("WAL archives of {count} clusters exist for {database} ({systems}) and none can be chosen "
+                  "without the server or a base backup").format(
+                    count=len(known), database=database, systems=", ".join(known)))
+            return _finish(report)
     if system_identifier is None:
         report.problems.append(_("no WAL archive was found for {database}").format(database=database))
         return _finish(report)

@@ -3,9 +3,8 @@
 ``archive_command`` and ``restore_command`` start one process per WAL file,
 so start-up time bounds how many files per second a server can archive or
 replay. This module therefore imports only the standard library and
-:mod:`backup.wal_format`/:mod:`backup.wal_spool` until it knows that real
-work is needed; the configuration, keys and storage drivers are loaded only
-then. Two fast paths need no configuration at all:
+:mod:`backup.wal_format`/:mod:`backup.wal_spool` until real work is
+needed. Only then are the configuration, keys and storage drivers loaded. Two fast paths need no configuration at all:
 
 - ``wal-push --spool DIR``: a file that ``wal-ship`` already stored in every
   region is acknowledged from its shipped marker.
@@ -16,7 +15,7 @@ Exit statuses of ``wal-fetch`` follow what PostgreSQL does with them
 (``RestoreArchivedFile`` in ``src/backend/access/transam/xlogarchive.c``):
 
 - 0: the file was restored.
-- 1: every WAL region answered that it does not hold the file. PostgreSQL
+- 1: every WAL region responded that it does not have the file. PostgreSQL
   takes this as the end of the archive (or tries streaming replication).
 - 200 (:data:`FATAL_EXIT_STATUS`): anything else, after retries: a region
   failed, a copy was damaged, a key or the configuration could not be read.
@@ -136,8 +135,10 @@ def run_push(args: argparse.Namespace) -> int:
         _error(error.render())
         return min(error.exit_status, 125)
     except OSError as error:
+        from resguardo.i18n import _
+
         logger.error("wal.push.failed", extra={"wal_file": path.name, "error": str(error)})
-        _error(f"ERROR: {error}")
+        _error(_("ERROR: {message}").format(message=error))
         return 1
 
 

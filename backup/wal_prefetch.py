@@ -11,9 +11,10 @@ Terms:
   segment PostgreSQL asked for, how many segments to fetch after it, and the
   segment size. Every ``wal-fetch`` call moves it forward.
 - *prefetcher*: a background process (``python -m backup.wal_prefetch``)
-  started by ``wal-fetch`` when none holds ``.lock``. It fetches the window's
+  started by ``wal-fetch`` when no other prefetcher has locked ``.lock``. It fetches the window's
   segments in parallel, follows the window while it moves, deletes segments
-  that recovery has passed, and exits when the window stops moving.
+  that recovery has passed, and exits when the window stops moving or
+  :func:`stop_prefetcher` creates ``.stop``.
 
 A prefetched file is only an optimisation: when it is missing or the
 prefetcher failed, ``wal-fetch`` fetches the file itself with the full
@@ -44,6 +45,7 @@ from backup.wal_format import (
 
 WINDOW_FILE = ".window"
 LOCK_FILE = ".lock"
+STOP_FILE = ".stop"
 LOG_FILE = ".prefetch.log"
 MAX_PARALLEL = 4
 IDLE_EXIT_SECONDS = 10.0
@@ -129,6 +131,20 @@ def _prefetcher_running(directory: Path) -> bool:
     return False
 
 
+def stop_prefetcher(directory: Path, timeout: float = 30.0) -> bool:
+    """Ask a running prefetcher to exit and wait for it; return False when it is still running after ``timeout``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return True
+    (directory / STOP_FILE).touch()
+    deadline = time.monotonic() + timeout
+    while _prefetcher_running(directory):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
+
+
 def _window_names(window: dict) -> list[str]:
     segment_size = int(window.get("segment_size", DEFAULT_SEGMENT_SIZE))
     timeline, number = parse_segment_name(window["after"], segment_size)
@@ -190,7 +206,7 @@ def run_prefetcher(directory: Path) -> int:
     idle_since = time.monotonic()
     last_after = None
     with ThreadPoolExecutor(max_workers=MAX_PARALLEL) as pool:
-        while True:
+        while not (directory / STOP_FILE).exists():
             window = _read_window(directory) or window
             if window["after"] != last_after:
                 last_after = window["after"]

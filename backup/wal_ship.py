@@ -8,8 +8,8 @@ still has to archive), pushes them to every WAL region with
 (see :mod:`backup.wal_spool`). When the archiver then calls ``wal-push`` for
 that file, ``wal-push`` only compares the file's identity with the marker and
 returns. While the shipper's heartbeat is fresh, ``wal-push`` waits for a
-marker that is not there yet; otherwise, or after 30 s, it pushes the file
-itself under the same per-file lock. Nothing is acknowledged before it is in
+marker that is not there yet. Without a fresh heartbeat, or after 30 s, it
+pushes the file itself under the same per-file lock. Nothing is acknowledged before it is in
 every region, so the recovery point (RPO) is the same as in synchronous
 mode: what is acknowledged is in the regions, what is not is still in
 ``pg_wal``.

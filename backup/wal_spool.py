@@ -3,8 +3,9 @@
 Terms:
 
 - *spool directory*: ``pitr.spool_dir``, by default
-  ``<state_dir>/spool/<database>``, on the database host. It holds no WAL, only
-  the small files below, so acknowledging a file never depends on a local copy.
+  ``<state_dir>/spool/<database>``, on the database host. It contains no WAL,
+  only the small files below, so acknowledging a file never depends on a local
+  copy.
 - *shipped marker*: ``shipped/<file name>``, a JSON object with the plaintext
   size and SHA-256 of a WAL file that ``wal-ship`` stored in every WAL region,
   and the file's *identity*: device, inode, size, modification and change

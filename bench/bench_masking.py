@@ -5,13 +5,19 @@ Creates a scratch cluster on 127.0.0.1, fills ``public.clientes`` with
 balances), then measures in the same run:
 
 1. ``pg_dump -Fc -t public.clientes | pg_restore`` into a second database
-   (the cost of merely copying the table);
-2. masking the table in place (plan, snapshot for the proof, mask);
+   (the cost of merely copying the table), ``--copies`` times; the median is
+   the reference, because on a shared machine single runs vary by a factor
+   of two;
+2. masking the table in place (plan, snapshot for the proof, mask), with
+   ``--workers`` processes computing the masked values;
 3. the proof with the SQL runner.
 
-Usage: ``.venv/bin/python bench/bench_masking.py --rows 1000000``. It prints
-one JSON object with the figures. The machine description is printed too, so
-a recorded figure can name its hardware.
+Usage: ``.venv/bin/python bench/bench_masking.py --rows 1000000 --workers 2``.
+It prints one JSON object with the figures and the machine description, so a
+recorded figure can name its hardware.
+
+``--transformers-only N`` skips PostgreSQL and prints the CPU time per value
+of each of the five transformers over N synthetic values, in this process.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import time
 
@@ -83,16 +90,70 @@ def machine() -> dict[str, str]:
             "postgres": subprocess.run([str(find_program("postgres")), "--version"], capture_output=True, text=True).stdout.strip()}
 
 
+def synthetic_values(count: int) -> dict[str, list]:
+    """Return the values FILL generates for rows 0..count-1, per masked column."""
+    from decimal import Decimal
+
+    from masking.identifiers import cedula_check_digit
+
+    names = ["María", "José", "Ana", "Luis", "Carmen", "Jorge", "Lucía", "Pedro"]
+    values: dict[str, list] = {column: [] for column in ("cedula", "nombres", "email", "celular", "saldo")}
+    for n in range(count):
+        nine = f"{1 + n % 24:02d}{(n // 24) % 6}{(n // 144) % 1_000_000:06d}"
+        values["cedula"].append(nine + cedula_check_digit(nine))
+        values["nombres"].append(names[n % 8])
+        values["email"].append(f"cliente{n}@correo.ec")
+        values["celular"].append(f"09{(n * 7919) % 100_000_000:08d}")
+        values["saldo"].append(Decimal((n * 37) % 1_000_000) / 100)
+    return values
+
+
+def measure_transformers(count: int) -> dict[str, float]:
+    """Return CPU microseconds per value of each benchmark column's transformer (first pass, cold cache)."""
+    from masking.transformers import TransformerFactory
+    from masking.policy import parse_policy
+
+    rules = parse_policy(POLICY).tables["public.clientes"].columns
+    factory = TransformerFactory(MaskingKey(b"bench-masking-key".ljust(32, b".")))
+    timings = {}
+    for column, values in synthetic_values(count).items():
+        transformer = factory.build(rules[column])
+        started = time.process_time()
+        for value in values:
+            transformer(value)
+        timings[column] = round((time.process_time() - started) / count * 1e6, 2)
+    return timings
+
+
+def dump_and_restore(cluster: ScratchCluster) -> float:
+    """Copy public.clientes with pg_dump | pg_restore into a fresh database; return the seconds."""
+    cluster.psql("DROP DATABASE IF EXISTS copy")
+    cluster.create_database("copy")
+    started = time.monotonic()
+    dump = subprocess.Popen([str(find_program("pg_dump")), "-Fc", "-t", "public.clientes", "-d", cluster.dsn("bench")],
+                            stdout=subprocess.PIPE)
+    subprocess.run([str(find_program("pg_restore")), "--no-owner", "-d", cluster.dsn("copy")], stdin=dump.stdout,
+                   check=True)
+    dump.wait()
+    return time.monotonic() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="rows in the benchmark table (default 1000000)")
     parser.add_argument("--workers", type=int, default=1, help="processes that compute masked values (default 1)")
+    parser.add_argument("--copies", type=int, default=3, help="pg_dump | pg_restore runs; the median counts (default 3)")
+    parser.add_argument("--transformers-only", type=int, metavar="N",
+                        help="only time each transformer on N values, without PostgreSQL")
     args = parser.parse_args()
-    results: dict[str, object] = {"rows": args.rows, "machine": machine()}
+    if args.transformers_only:
+        print(json.dumps({"values": args.transformers_only, "cpu_microseconds_per_value":
+                          measure_transformers(args.transformers_only), "machine": machine()}, indent=2, ensure_ascii=False))
+        return
+    results: dict[str, object] = {"rows": args.rows, "workers": args.workers, "machine": machine()}
 
     with ScratchCluster(name="bench-masking", settings={"shared_buffers": "512MB", "max_wal_size": "4GB"}) as cluster:
         cluster.create_database("bench")
-        cluster.create_database("copy")
         with psycopg.connect(cluster.dsn("bench"), autocommit=True) as conn:
             conn.execute(SCHEMA)
             started = time.monotonic()
@@ -100,13 +161,9 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE public.clientes")
             results["fill_seconds"] = round(time.monotonic() - started, 1)
 
-            started = time.monotonic()
-            dump = subprocess.Popen([str(find_program("pg_dump")), "-Fc", "-t", "public.clientes", "-d", cluster.dsn("bench")],
-                                    stdout=subprocess.PIPE)
-            subprocess.run([str(find_program("pg_restore")), "--no-owner", "-d", cluster.dsn("copy")], stdin=dump.stdout,
-                           check=True)
-            dump.wait()
-            results["dump_restore_seconds"] = round(time.monotonic() - started, 1)
+            copies = sorted(dump_and_restore(cluster) for _ in range(args.copies))
+            results["dump_restore_runs"] = [round(seconds, 1) for seconds in copies]
+            results["dump_restore_seconds"] = round(statistics.median(copies), 1)
 
             started = time.monotonic()
             plan = build_plan(conn, parse_policy(POLICY), MaskingKey(b"bench-masking-key".ljust(32, b".")))
@@ -115,6 +172,8 @@ def main() -> None:
             started = time.monotonic()
             report = mask_database(conn, plan, workers=args.workers)
             results["mask_seconds"] = round(time.monotonic() - started, 1)
+            results["mask_compute_seconds"] = round(report["compute_seconds"], 1)
+            results["mask_update_seconds"] = round(report["tables"]["public.clientes"]["seconds"], 1)
             results["rows_per_second"] = round(args.rows / results["mask_seconds"])
             results["mask_to_dump_restore_ratio"] = round(results["mask_seconds"] / results["dump_restore_seconds"], 1)
             results["columns_masked"] = len(report["tables"]["public.clientes"]["columns"])

@@ -71,6 +71,8 @@ def as_postgres(args, *, cwd=None, check=True, env=None, timeout=3600):
 
 
 def timed(function, *args, **kwargs):
+    # Flush dirty pages first, so one step's writeback does not slow the next one down.
+    os.sync()
     started = time.monotonic()
     value = function(*args, **kwargs)
     return time.monotonic() - started, value
@@ -278,12 +280,16 @@ class Bench:
         results = {"segments": len(names)}
 
         def fill_pg_wal() -> None:
+            # As PostgreSQL does: a segment is complete and readable before its .ready file appears.
             shutil.rmtree(fake_pgdata / "pg_wal", ignore_errors=True)
             (fake_pgdata / "pg_wal" / "archive_status").mkdir(parents=True)
             for name in names:
                 shutil.copy2(self.root / "staging" / name, fake_pgdata / "pg_wal" / name)
-                (fake_pgdata / "pg_wal" / "archive_status" / f"{name}.ready").touch()
             chown_tree(fake_pgdata, server_user())
+            for name in names:
+                ready = fake_pgdata / "pg_wal" / "archive_status" / f"{name}.ready"
+                ready.touch()
+                chown_tree(ready, server_user())
 
         def push_all(command) -> float:
             # One call per segment, in order, renaming .ready to .done on success as the archiver does.

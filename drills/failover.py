@@ -27,7 +27,7 @@ Terms:
 - *RTO* (measured): wall time from the start of the run (the request) to a
   validated new primary that took a write through the router.
 - *RPO* (measured): the span of committed transactions the new primary does
-  not have. ``rpo_method`` says how it was measured: ``wal_position`` (the new
+  not have. ``rpo_method`` names how it was measured: ``wal_position`` (the new
   primary replayed up to the fenced old primary's last WAL position: 0 s),
   ``commit_timestamps`` (old primary's newest commit minus the newest replayed
   commit; needs ``track_commit_timestamp = on`` on the old primary), or one of
@@ -233,7 +233,7 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
 
         if not new_state.reachable:
             raise FailoverRejected(
-                _("the standby {node} ({site}) is unreachable, so it cannot be promoted: {error}").format(
+                _("node {node} ({site}) cannot be promoted: {error}").format(
                     node=new.label, site=new.site, error=new_state.error
                 ),
                 _("restore access to the standby first; no server was changed"),
@@ -569,19 +569,22 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
     completed = error is None and run.rto_seconds is not None
     rto_met = run.rto_seconds is not None and run.rto_seconds <= topology.rto_target_seconds
     rpo_met = run.rpo_seconds is not None and run.rpo_seconds <= topology.rpo_target_seconds
+
     if completed and not rto_met:
         run.findings.append(_("RTO target missed: {measured} s measured, target {target} s").format(
             measured=run.rto_seconds, target=topology.rto_target_seconds))
     if completed and not rpo_met:
         run.findings.append(_("RPO target missed: {measured} s measured, target {target} s").format(
             measured=run.rpo_seconds if run.rpo_seconds is not None else "?", target=topology.rpo_target_seconds))
-    # A run that stopped before fencing changed no server.
+
+    # Only the preflight runs before the first change to a server.
     if completed:
         run.outcome = "completed"
-    elif not run.fence:
+    elif {step["name"] for step in run.steps} <= {"preflight"}:
         run.outcome = "rejected"
     else:
         run.outcome = "failed"
+
     body = {
         "run": run.to_dict() | {"evidence": None},
         "targets": {"rto_seconds": topology.rto_target_seconds, "rpo_seconds": topology.rpo_target_seconds,
@@ -591,6 +594,7 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
     subject = {"run_id": run.run_id, "kind": run.kind, "old_primary": run.old_primary,
                "new_primary": run.new_primary, "timeline": run.promote.get("timeline")}
     kind = records.KIND_FAILOVER if run.kind == KIND_FAILOVER else records.KIND_FAILBACK
+
     run.evidence = records.append_record(config, kind, run.database, subject, completed and rto_met and rpo_met, body)
     log.info("drills.failover.finish",
              extra={"run_id": run.run_id, "outcome": run.outcome, "rto_seconds": run.rto_seconds,

@@ -12,8 +12,8 @@ production server. Two *scenarios*:
     (``restore.pitr.restore_pitr``). The primary is used only to write the
     marker and read its table list; the standby is not used.
 ``replica`` (the standby path)
-    ``pg_basebackup`` copies the streaming standby into the scratch directory;
-    the copy starts as a standby, reaches consistency and is promoted, as the
+    ``pg_basebackup`` copies the streaming standby into the scratch directory.
+    The copy starts as a standby, reaches consistency and is promoted, as the
     real standby would be in a failover. The copy step adds time that a real
     promotion does not spend, so this RTO is an upper bound for that path.
 
@@ -82,6 +82,7 @@ ISOLATION_SETTINGS: dict[str, str | int] = {
     "primary_slot_name": "",
     "synchronous_standby_names": "",
     "hot_standby": "on",
+    "ssl": "off",
 }
 
 class RehearsalError(ResguardoError):
@@ -243,6 +244,39 @@ def _open_copy(scratch, dbname: str, run_id: str, scenario: str) -> dict[str, An
     return {"probe_id": probe_id}
 
 
+def _prepare_replica_copy(scratch) -> dict[str, str | int]:
+    """Make a pg_basebackup copy of the standby start isolated, as a standby; return the settings written."""
+    from resguardo.pgtools import chown_tree
+    from restore.pitr import SCRATCH_HBA
+    from restore.pitr_server import controldata, hot_standby_minimums
+
+    data_dir = scratch.data_dir
+    # Debian-style clusters keep postgresql.conf and pg_hba.conf outside the
+    # data directory, so the copy may have neither.
+    if not (data_dir / "postgresql.conf").exists():
+        (data_dir / "postgresql.conf").write_text("# Written by Resguardo for a rehearsal copy.\n", encoding="utf-8")
+    if (data_dir / "pg_hba.conf").exists():
+        (data_dir / "pg_hba.conf").rename(data_dir / "pg_hba.conf.source")
+    (data_dir / "pg_hba.conf").write_text(SCRATCH_HBA, encoding="utf-8")
+    if not (data_dir / "pg_ident.conf").exists():
+        (data_dir / "pg_ident.conf").write_text("", encoding="utf-8")
+    (data_dir / "standby.signal").write_bytes(b"")
+
+    # A hot standby refuses to replay with lower max_connections (and
+    # similar) than the primary had, so the copy takes the primary's values.
+    # NOTE: other settings of the copied postgresql.conf stay, including
+    # shared_preload_libraries; a library missing on this host stops the start.
+    settings: dict[str, str | int] = {
+        **ISOLATION_SETTINGS,
+        "hba_file": str(data_dir / "pg_hba.conf"),
+        "ident_file": str(data_dir / "pg_ident.conf"),
+        **hot_standby_minimums(controldata(scratch.bindir, data_dir)),
+    }
+    scratch.write_settings(settings)
+    chown_tree(data_dir, scratch.os_user)
+    return settings
+
+
 def _promote_copy(scratch, dbname: str) -> dict[str, Any]:
     with psycopg.connect(scratch.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
         if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
@@ -294,18 +328,7 @@ def rehearse_replica(config: ResguardoConfig, database: str, *, topology: Topolo
             detail["bytes"] = sum(p.stat().st_size for p in scratch.data_dir.rglob("*") if p.is_file())
 
         with timeline.step("restore", **context) as detail:
-            from restore.pitr_server import controldata, hot_standby_minimums
-
-            # A hot standby refuses to replay with lower max_connections (and
-            # similar) than the primary had, so the copy takes the primary's.
-            minimums = hot_standby_minimums(controldata(scratch.bindir, scratch.data_dir))
-            settings = {**ISOLATION_SETTINGS, **minimums}
-            scratch.write_settings(settings)
-            from resguardo.pgtools import chown_tree
-
-            signal = scratch.data_dir / "standby.signal"
-            signal.write_bytes(b"")
-            chown_tree(signal, scratch.os_user)
+            settings = _prepare_replica_copy(scratch)
             scratch.start(timeout=3600)
             detail["settings"] = sorted(settings)
 

@@ -20,6 +20,7 @@ relative to the file. Example::
         policy: policies/core.yaml
         suppression_list: suppression/core.yaml
         apply_suppression_on_restore: true
+        workers: 2
         targets:
           qa: {dsn: "host=qa-db.internal dbname=core user=resguardo", password_env: QA_DB_PASSWORD, schedule: "0 4 * * 1"}
           vault: {encrypted_dump_regions: [fs-local], schedule: null}
@@ -87,6 +88,10 @@ class DatabaseMaskingConfig(_Model):
         False, description="restores call apply_suppression too, so deleted subjects never come back"
     )
     proof_runner: Literal["gx", "sql"] = "gx"
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="processes that compute masked values; 1 computes them in the masking process itself",
+    )
     targets: dict[str, TargetConfig] = Field(default_factory=dict)
 
     @field_validator("targets")

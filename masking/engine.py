@@ -14,12 +14,13 @@ Terms:
   through it. Rows whose masked columns are all NULL are not updated and
   have no entry.
 
-How a leaf is masked: a server-side cursor streams ``ctid`` and the masked
-columns in batches, so the table is never held in memory. Python computes the
-masked values and COPY writes them into a temporary table. One
-``UPDATE ONLY leaf SET ... FROM batch WHERE leaf.ctid = batch.ctid`` per
-flush writes them back. Partitioned tables are masked leaf by leaf with the
-same transformers, so every partition masks a value the same way.
+How a leaf is masked, in two phases. Phase one (:mod:`masking.worktables`)
+streams ``ctid`` and the masked columns in batches through the transformers
+and COPYs the results into the leaf's work table. The table is never held in
+memory, and the phase can run in several processes. Phase two runs one
+``UPDATE ONLY leaf SET ... FROM work WHERE leaf.ctid = work._tid`` per leaf. Partitioned
+tables are masked leaf by leaf with the same rules, so every partition masks
+a value the same way.
 
 Constraints: a unique index is checked row by row during an UPDATE, so a
 bijection applied in batches would hit transient duplicates (A->B while a
@@ -36,15 +37,16 @@ the foreign keys are recreated and by the proof. Triggers marked ``ENABLE
 ALWAYS`` fire even in replica mode, so they are disabled for the run and
 re-enabled as ``ALWAYS`` afterwards.
 
-All of it runs in one transaction: a failure leaves the scratch database as
-it was.
+Phase two and the locks that keep phase one's rows unchanged run in one
+transaction: a failure leaves the scratch database as it was, apart from the
+work schema, and the work tables are dropped either way.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -53,22 +55,22 @@ from masking.catalog import WORK_SCHEMA, Catalog, Column, read_catalog
 from masking.errors import MaskingError, PolicyError
 from masking.keys import MaskingKey
 from masking.policy import MaskingPolicy, format_table_name
-from masking.transformers import KeepRule, NullRule, Transformer, TransformerFactory, element_wise
+from masking.transformers import KeepRule, NullRule, Transformer, TransformerFactory
 from masking.worktables import (
     ConnectionTarget,
+    column_masker,
     create_work_tables,
     drop_work_tables,
     run_jobs,
     split_jobs,
     work_table,
-    writable,
 )
 from resguardo.i18n import _
 from resguardo.log import get_logger
 
 log = get_logger("masking.engine")
 
-# Masking runs in the calling process unless the masking config asks for more.
+# Masking runs in the calling process unless masking.yaml sets ``workers``.
 DEFAULT_WORKERS = 1
 
 
@@ -77,7 +79,6 @@ class MaskedColumn:
     column: Column
     rule: Any
     transformer: Transformer
-    function: Callable[[Any], Any]
 
 
 @dataclass
@@ -220,8 +221,7 @@ def build_plan(conn: psycopg.Connection, policy: MaskingPolicy, key: MaskingKey)
             if isinstance(rule, NullRule) and column.not_null:
                 problems.append(_("{where}: transformer null on a NOT NULL column; choose another transformer").format(where=where))
                 continue
-            function = element_wise(transformer) if column.is_array else transformer
-            masked.append(MaskedColumn(column, rule, transformer, function))
+            masked.append(MaskedColumn(column, rule, transformer))
         plans.append(TablePlan(table.schema, table.name, table.oid, table.leaves, masked, table.row_estimate))
 
     problems.extend(_unique_problems(catalog, plans))
@@ -389,7 +389,7 @@ def mask_database(conn: psycopg.Connection, plan: MaskingPlan, *, workers: int =
                 ConnectionTarget.of(conn),
                 [job for index, table in masked_tables for job in split_jobs(conn, index, table.leaves, workers)],
                 columns={index: [m.column.name for m in table.masked] for index, table in masked_tables},
-                functions={index: [writable(m.function, m.column) for m in table.masked] for index, table in masked_tables},
+                maskers={index: [column_masker(m.transformer, m.column) for m in table.masked] for index, table in masked_tables},
                 rules={index: [(m.column, m.rule) for m in table.masked] for index, table in masked_tables},
                 key=plan.factory.key,
                 workers=workers,

@@ -411,6 +411,8 @@ class FormatPreservingMasker:
         return None
 
     def mask(self, value: str) -> str:
+        if value.isascii() and value.isdigit() and len(value) > self.keep_prefix:
+            return self._mask_digits(value)
         classes = [self._char_class(c) for c in value]
         positions = [i for i, c in enumerate(classes) if c is not None][self.keep_prefix:]
         if not positions:
@@ -436,6 +438,16 @@ class FormatPreservingMasker:
             number, digit = divmod(number, radix)
             out[i] = chr(self._BASE[classes[i]] + digit)
         return "".join(out)
+
+    def _mask_digits(self, value: str) -> str:
+        """Mask a string of ASCII digits: the general path's result, without per-character work."""
+        kept, tail = value[:self.keep_prefix], value[self.keep_prefix:]
+        signature = "d" * len(tail) + "|" + kept
+        derangement = self._cache.get(signature)
+        if derangement is None:
+            derangement = Derangement(self._key, f"{self._label}:{signature}".encode(), 10 ** len(tail))
+            self._cache[signature] = derangement
+        return kept + str(derangement.apply(int(tail))).zfill(len(tail))
 
 
 EMAIL_PATTERN = re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+")

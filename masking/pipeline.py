@@ -197,7 +197,7 @@ def run_masked_refresh(config: Any, database: str, target_name: str, *, backup_i
 
             step = time.monotonic()
             snapshot = take_snapshot(conn, plan)
-            body["masking"] = mask_database(conn, plan)
+            body["masking"] = mask_database(conn, plan, workers=settings.workers)
             body["steps"]["masking"] = round(time.monotonic() - step, 3)
 
             step = time.monotonic()

@@ -273,11 +273,78 @@ def _delete_with_dependents(conn: psycopg.Connection, catalog: Catalog) -> dict[
 
 def load_configured(masking_config: Any, database: str) -> tuple[MaskingPolicy, SuppressionList] | None:
     """Return the policy and suppression list of ``database`` when restores should apply them, else None."""
-    from masking.policy import load_policy
-
     settings = masking_config.databases.get(database)
     if settings is None or not settings.apply_suppression_on_restore or settings.suppression_list is None:
         return None
+    return _load_policy_and_list(masking_config, database)
+
+
+def _load_policy_and_list(masking_config: Any, database: str) -> tuple[MaskingPolicy, SuppressionList]:
+    from masking.policy import load_policy
+
+    settings = masking_config.database(database)
+    if settings.suppression_list is None:
+        raise PolicyError(
+            _("database {database} has no suppression_list in masking.yaml").format(database=database),
+            _("set databases.{database}.suppression_list to a file path").format(database=database),
+        )
     key = masking_config.load_key()
-    policy = load_policy(masking_config.resolve(settings.policy))
+    policy_path = masking_config.resolve(settings.policy)
+    policy = load_policy(policy_path)
+    if policy.database != database:
+        raise PolicyError(
+            _("policy {path} is for database {found}, not {expected}").format(
+                path=policy_path, found=policy.database, expected=database
+            ),
+            _("point databases.{database}.policy in masking.yaml at the right file").format(database=database),
+        )
     return policy, SuppressionList.load(masking_config.resolve(settings.suppression_list), key)
+
+
+def apply_configured_suppression(masking_config: Any, database: str, dsn: str, *,
+                                 required: bool = False) -> dict[str, Any] | None:
+    """Apply the suppression list of ``database`` to the database at ``dsn``; return the counts.
+
+    Without ``required``, nothing happens (and None is returned) unless
+    ``masking.yaml`` sets ``apply_suppression_on_restore: true`` for the
+    database. With ``required``, the list is applied whatever that setting
+    says, and a missing database entry or list raises an error.
+
+    The report adds to :func:`apply_suppression`'s counts the SHA-256 of the
+    list file, so evidence names the version of the list that was applied.
+    """
+    import hashlib
+    import time
+
+    if required:
+        policy, suppression_list = _load_policy_and_list(masking_config, database)
+    else:
+        loaded = load_configured(masking_config, database)
+        if loaded is None:
+            return None
+        policy, suppression_list = loaded
+    if suppression_list.subjects and (policy.suppression is None or not policy.suppression.targets):
+        raise PolicyError(
+            _("the suppression list of {database} has {count} subjects, but its policy names no suppression targets").format(
+                database=database, count=len(suppression_list.subjects)
+            ),
+            _("add suppression.targets (table, column, action) to the policy of {database}").format(database=database),
+        )
+
+    list_path = masking_config.resolve(masking_config.database(database).suppression_list)
+    started = time.monotonic()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            report = apply_suppression(conn, policy, suppression_list)
+    except psycopg.errors.InsufficientPrivilege as error:
+        log.error("suppression.denied", extra={"database": database, "sqlstate": error.sqlstate})
+        raise MaskingError(
+            _("applying the suppression list to {database} was denied: {error}").format(
+                database=database, error=error.diag.message_primary
+            ),
+            _("suppression sets session_replication_role so audit triggers do not copy deleted rows; "
+              "connect as a superuser"),
+        ) from None
+    report["list_sha256"] = hashlib.sha256(list_path.read_bytes()).hexdigest() if list_path.exists() else None
+    report["seconds"] = round(time.monotonic() - started, 3)
+    return report

@@ -35,7 +35,7 @@ import functools
 import json
 import re
 from decimal import Decimal
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Sequence, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
@@ -63,6 +63,9 @@ except ImportError:  # pragma: no cover - Python builds without OpenSSL
 
 VALUE_KINDS = ("text", "integer", "numeric", "date", "json")
 _CACHE_LIMIT = 200_000
+# Batches masked without the cache after a batch with a hit rate below 5 %;
+# then one batch measures the hit rate again.
+_UNCACHED_BATCHES = 20
 _MISSING = object()
 
 
@@ -293,7 +296,13 @@ def _apply_at_path(node: Any, steps: list[str | int | None], function: Callable[
 # -- transformers ---------------------------------------------------------------
 
 class Transformer:
-    """A built rule: call it with a non-NULL value to get the masked value."""
+    """A built rule: call it with a non-NULL value to get the masked value.
+
+    Results are cached per transformer (at most ``_CACHE_LIMIT`` entries), so
+    a value repeated in a column or across tables is masked once. The cache
+    only saves time: every transformer is a pure function of the key, the
+    rule and the value.
+    """
 
     injective = False
     guarantees_change = False
@@ -302,6 +311,7 @@ class Transformer:
     def __init__(self, rule: _Rule):
         self.rule = rule
         self._cache: dict[Any, Any] = {}
+        self._uncached_batches = 0
 
     def __call__(self, value: Any) -> Any:
         try:
@@ -316,6 +326,44 @@ class Transformer:
             self._cache.clear()
         self._cache[value] = result
         return result
+
+    def map_batch(self, values: Sequence[Any]) -> list[Any]:
+        """Mask a batch of one column's values; None stays None. Equals calling the transformer per value.
+
+        When fewer than 5 % of a batch's values are found in the cache (a
+        column of unique cédulas or e-mails), the next ``_UNCACHED_BATCHES``
+        batches skip it: looking up and storing a value that never repeats
+        costs 0.5 to 1.5 µs, about a sixth of masking it.
+        """
+        apply = self.apply
+        if self._uncached_batches > 0:
+            self._uncached_batches -= 1
+            return [None if value is None else apply(value) for value in values]
+
+        cache = self._cache
+        masked = []
+        hits = 0
+        for value in values:
+            if value is None:
+                masked.append(None)
+                continue
+            try:
+                result = cache.get(value, _MISSING)
+            except TypeError:
+                # Unhashable values (JSON documents) are not cached.
+                masked.append(apply(value))
+                continue
+            if result is _MISSING:
+                result = apply(value)
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                cache[value] = result
+            else:
+                hits += 1
+            masked.append(result)
+        if hits * 20 < len(values):
+            self._uncached_batches = _UNCACHED_BATCHES
+        return masked
 
     def apply(self, value: Any) -> Any:
         raise NotImplementedError
@@ -643,6 +691,26 @@ class TransformerFactory:
         if isinstance(rule, ConstantRule):
             return ConstantTransformer(rule)
         raise TypeError(f"no transformer for rule {rule!r}")
+
+
+def batch_masker(transformer: Transformer, *, is_array: bool = False,
+                 wrap: Callable[[Callable[[Any], Any]], Callable[[Any], Any]] | None = None
+                 ) -> Callable[[Sequence[Any]], list[Any]]:
+    """Return a function that masks a batch of one column's values (None stays None).
+
+    Array columns are masked element by element; ``wrap`` adapts each result
+    for writing (JSON documents). Other columns use :meth:`Transformer.map_batch`.
+    """
+    if not is_array and wrap is None:
+        return transformer.map_batch
+    function = element_wise(transformer) if is_array else transformer
+    if wrap is not None:
+        function = wrap(function)
+
+    def map_values(values: Sequence[Any]) -> list[Any]:
+        return [None if value is None else function(value) for value in values]
+
+    return map_values
 
 
 def element_wise(transformer: Transformer) -> Callable[[Any], Any]:

@@ -8,9 +8,9 @@ Terms:
   leaf with one ``UPDATE ... FROM`` per leaf, inside the masking transaction.
 - *job*: one leaf, or one range of its heap blocks (``ctid >= '(first,0)'
   AND ctid < '(end,0)'``, which PostgreSQL 14 and later run as a TID range
-  scan). A job opens two connections of its own. The reader runs ``COPY
-  (SELECT ...) TO STDOUT``, the writer runs ``COPY <work table> FROM STDIN``,
-  and only the row being masked is held in memory.
+  scan). A job opens two connections of its own. The reader fetches the
+  rows through a server-side cursor, the writer runs ``COPY <work table> FROM
+  STDIN``, and only one batch of rows is held in memory.
 - *workers*: with ``workers=1`` the jobs run one after another in the calling
   process, with the plan's transformers. With more, they run in a pool of
   spawned processes. Each worker builds the transformers again from the rules
@@ -21,7 +21,7 @@ Terms:
 Jobs read committed data through their own connections, so they see the
 leaves as the masking transaction found them. The engine holds SHARE locks on
 the leaves while the jobs run, so no other session can change a row between
-reading it and the UPDATE, and the UPDATE checks that it changed exactly as
+its read and the UPDATE. The UPDATE then checks that it changed exactly as
 many rows as the jobs wrote.
 """
 
@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 import multiprocessing
 import time
-from itertools import islice
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -43,15 +42,18 @@ from psycopg.types.json import Jsonb
 from masking.catalog import WORK_SCHEMA, Column
 from masking.errors import MaskingError
 from masking.keys import MaskingKey
-from masking.transformers import TransformerFactory, element_wise
+from masking.transformers import Transformer, TransformerFactory, batch_masker
 from resguardo.i18n import _, current_language, set_language
 from resguardo.log import get_logger
 
 log = get_logger("masking.worktables")
 
-# A leaf is split into block ranges only when it has at least this many
-# blocks (8 KiB each, so 64 MiB): below that, starting a second job costs more
-# than it saves.
+# Masks a batch of one column's values; None stays None.
+BatchMasker = Callable[[Sequence[Any]], list[Any]]
+
+# Leaves smaller than this many blocks (64 MiB with the default 8 KiB block
+# size) stay one job each: they mask in seconds, so splitting them would gain
+# little (an estimate, not measured).
 MIN_SPLIT_BLOCKS = 8_192
 # Rows masked together, column by column.
 BATCH_ROWS = 5_000
@@ -78,7 +80,10 @@ class LeafJob:
 
 @dataclass(frozen=True)
 class ConnectionTarget:
-    """How a job connects to the database being masked. ``repr`` hides the password."""
+    """Connection parameters of the database being masked, for the jobs' own connections.
+
+    ``repr`` hides the password.
+    """
 
     dsn: str
     password: str | None = None
@@ -102,15 +107,17 @@ def work_table(leaf_oid: int) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(WORK_SCHEMA), sql.Identifier(f"work_{leaf_oid}"))
 
 
-def writable(function: Callable[[Any], Any], column: Column) -> Callable[[Any], Any]:
-    """Wrap a column's masking function so COPY writes its result with the column's type.
+def column_masker(transformer: Transformer, column: Column) -> BatchMasker:
+    """Return the function that masks a batch of ``column``'s values, ready for COPY.
 
     COPY sends values as text and the server parses them per column type, so
     only JSON documents need a wrapper (a Python list would become an SQL array).
     """
-    if column.value_kind != "json" or column.is_array:
-        return function
+    wrap = _as_jsonb if column.value_kind == "json" and not column.is_array else None
+    return batch_masker(transformer, is_array=column.is_array, wrap=wrap)
 
+
+def _as_jsonb(function: Callable[[Any], Any]) -> Callable[[Any], Any]:
     def apply(value: Any) -> Any:
         result = function(value)
         return result if result is None or isinstance(result, str) else Jsonb(result)
@@ -121,7 +128,7 @@ def writable(function: Callable[[Any], Any], column: Column) -> Callable[[Any], 
 def create_work_tables(conn: psycopg.Connection, leaves: Sequence[tuple[int, str, str, list[str]]]) -> None:
     """Create an empty work table per leaf (committed, so every job's writer can see it).
 
-    ``leaves`` holds ``(leaf oid, schema, name, masked column names)``.
+    ``leaves`` contains ``(leaf oid, schema, name, masked column names)`` tuples.
     """
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(WORK_SCHEMA)))
@@ -169,8 +176,7 @@ def split_jobs(conn: psycopg.Connection, table_index: int, leaves: Sequence[tupl
     return jobs
 
 
-def mask_job(target: ConnectionTarget, job: LeafJob, columns: Sequence[str],
-             functions: Sequence[Callable[[Any], Any]]) -> int:
+def mask_job(target: ConnectionTarget, job: LeafJob, columns: Sequence[str], maskers: Sequence[BatchMasker]) -> int:
     """Read the job's rows, mask them and write them into the leaf's work table; return the row count.
 
     Rows whose masked columns are all NULL are skipped: there is nothing to mask.
@@ -191,27 +197,24 @@ def mask_job(target: ConnectionTarget, job: LeafJob, columns: Sequence[str],
 
     rows = 0
     with target.connect() as reader, target.connect() as writer:
-        # COPY TO returns text; the column types let psycopg load each value
-        # as the transformers expect it (Decimal, date, list, dict ...).
-        with reader.cursor() as cur:
-            cur.execute(select + sql.SQL(" LIMIT 0"))
-            types = [column.type_code for column in cur.description]
+        # A server-side cursor fetches a whole batch per round trip; COPY TO
+        # would cost one wait per row in psycopg. It needs a transaction.
+        reader.autocommit = False
         with (
-            reader.cursor() as read_cursor,
+            reader.cursor(name=f"masking_job_{job.leaf_oid}") as source,
             writer.cursor() as write_cursor,
-            read_cursor.copy(sql.SQL("COPY ({}) TO STDOUT").format(select)) as source,
             write_cursor.copy(write) as sink,
         ):
-            source.set_types(types)
-            source_rows = source.rows()
+            source.itersize = BATCH_ROWS
+            source.execute(select)
             try:
-                while batch := list(islice(source_rows, BATCH_ROWS)):
+                while batch := source.fetchmany(BATCH_ROWS):
                     # Column by column, so one transformer's memo tables stay
                     # in the CPU cache for a whole batch.
                     values = list(zip(*batch))
                     masked = [values[0]]
-                    for function, column_values in zip(functions, values[1:]):
-                                masked.append([None if value is None else function(value) for value in column_values])
+                    for masker, column_values in zip(maskers, values[1:]):
+                        masked.append(masker(column_values))
                     for row in zip(*masked):
                         sink.write_row(row)
                     rows += len(batch)
@@ -223,49 +226,45 @@ def mask_job(target: ConnectionTarget, job: LeafJob, columns: Sequence[str],
                     ),
                     _("check that each column's rule fits its content (e.g. date on text columns needs ISO dates)"),
                 ) from None
+        reader.rollback()
     return rows
 
 
 # -- worker processes -------------------------------------------------------------
 
-_worker_functions: dict[int, list[Callable[[Any], Any]]] = {}
+_worker_maskers: dict[int, list[BatchMasker]] = {}
 
 
 def _init_worker(key: MaskingKey, tables: dict[int, list[tuple[Column, Any]]], language: str) -> None:
-    """Build every table's masking functions once per worker process."""
+    """Build every table's column maskers once per worker process."""
     set_language(language)
     factory = TransformerFactory(key)
     for index, columns in tables.items():
-        functions = []
-        for column, rule in columns:
-            transformer = factory.build(rule)
-            function = element_wise(transformer) if column.is_array else transformer
-            functions.append(writable(function, column))
-        _worker_functions[index] = functions
+        _worker_maskers[index] = [column_masker(factory.build(rule), column) for column, rule in columns]
 
 
 def _run_in_worker(target: ConnectionTarget, job: LeafJob, columns: list[str]) -> int | tuple[str, str | None]:
     # A pickled ResguardoError loses its hint, so the message and hint travel as a tuple.
     try:
-        return mask_job(target, job, columns, _worker_functions[job.table_index])
+        return mask_job(target, job, columns, _worker_maskers[job.table_index])
     except MaskingError as error:
         return (error.message, error.hint)
 
 
 def run_jobs(target: ConnectionTarget, jobs: Sequence[LeafJob], *, columns: dict[int, list[str]],
-             functions: dict[int, list[Callable[[Any], Any]]], key: MaskingKey,
+             maskers: dict[int, list[BatchMasker]], key: MaskingKey,
              rules: dict[int, list[tuple[Column, Any]]], workers: int) -> dict[int, int]:
     """Run every job and return the rows written per leaf oid.
 
-    ``columns``, ``functions`` and ``rules`` are keyed by table index. With
-    ``workers=1`` the jobs run here with ``functions``; otherwise a pool of
+    ``columns``, ``maskers`` and ``rules`` are keyed by table index. With
+    ``workers=1`` the jobs run here with ``maskers``; otherwise a pool of
     ``workers`` spawned processes builds its own from ``rules`` and ``key``.
     """
     written: dict[int, int] = {job.leaf_oid: 0 for job in jobs}
     if workers <= 1 or len(jobs) <= 1:
         for job in jobs:
             written[job.leaf_oid] += _timed(job, lambda: mask_job(target, job, columns[job.table_index],
-                                                                  functions[job.table_index]))
+                                                                  maskers[job.table_index]))
         return written
 
     # spawn, not fork: a forked child would inherit the caller's open
@@ -276,13 +275,18 @@ def run_jobs(target: ConnectionTarget, jobs: Sequence[LeafJob], *, columns: dict
         with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                                  initializer=_init_worker, initargs=(key, rules, current_language())) as pool:
             started = {pool.submit(_run_in_worker, target, job, columns[job.table_index]): job for job in jobs}
-            for future, job in started.items():
-                rows = future.result()
-                if isinstance(rows, tuple):
-                    raise MaskingError(*rows)
-                written[job.leaf_oid] += rows
-                log.info("masking.job.stop", extra={"table": job.label, "first_block": job.first_block,
-                                                    "rows": rows})
+            try:
+                for future, job in started.items():
+                    rows = future.result()
+                    if isinstance(rows, tuple):
+                        raise MaskingError(*rows)
+                    written[job.leaf_oid] += rows
+                    log.info("masking.job.stop", extra={"table": job.label, "first_block": job.first_block,
+                                                        "rows": rows})
+            except BaseException:
+                # Jobs not yet started would otherwise still run before the pool closes.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
     except BrokenProcessPool as error:
         log.error("masking.workers.failed", extra={"error": str(error)})
         raise MaskingError(

@@ -134,7 +134,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+PITR_FLAGS = ("target_time", "target_lsn", "target_xid", "target_name", "target_immediate")
+
+
 def cmd_restore(args: argparse.Namespace) -> int:
+    if any(getattr(args, flag) for flag in PITR_FLAGS) or args.data_dir:
+        # Point-in-time recovery: a physical base backup plus archived WAL.
+        from backup.cli_pitr import cmd_restore_pitr
+
+        args.sub_config = str(args.config.config_file) if args.config.config_file else None
+        args.backup_id = None if args.backup_id == "latest" else args.backup_id
+        return cmd_restore_pitr(args)
+
     from restore.logical import restore_logical
 
     report = restore_logical(args.config, args.database, backup_id=args.backup_id, target_dsn=args.target,
@@ -253,6 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--target", help=_("DSN of an existing empty database; default: a new scratch cluster"))
     res.add_argument("--prefer-region", action="append", help=_("region to read first (repeatable)"))
     res.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
+    pitr = res.add_argument_group(_("point-in-time recovery (base backup + WAL)"))
+    targets = pitr.add_mutually_exclusive_group()
+    targets.add_argument("--target-time", help=_("ISO 8601 time with zone, e.g. 2026-12-04T15:15:00-05:00"))
+    targets.add_argument("--target-lsn", help=_("WAL position, e.g. 0/3000028"))
+    targets.add_argument("--target-xid", help=_("transaction id whose commit ends recovery"))
+    targets.add_argument("--target-name", help=_("restore point made with pg_create_restore_point"))
+    targets.add_argument("--target-immediate", action="store_true", help=_("stop as soon as the backup is consistent"))
+    pitr.add_argument("--exclusive", action="store_true", help=_("stop just before the target instead of just after it"))
+    pitr.add_argument("--target-timeline", default="latest", help=_("latest (default), current or a number"))
+    pitr.add_argument("--data-dir", help=_("empty directory to restore into; default: a scratch cluster"))
+    pitr.add_argument("--no-promote", action="store_true", help=_("stay in recovery at the target (read-only)"))
+    pitr.add_argument("--system-identifier", help=_("cluster to restore when the archive holds several"))
+    pitr.add_argument("--wal-fetch-command",
+                      help=_("command the server runs as restore_command prefix (default: the resguardo executable "
+                             "next to this Python)"))
+    pitr.add_argument("--no-verify", action="store_true", help=_("skip pg_verifybackup of the restored files"))
+    pitr.add_argument("--timeout", type=float, default=3600, help=_("seconds to wait for recovery (default 3600)"))
+    pitr.add_argument("--json", action="store_true", help=_("machine-readable output"))
     res.set_defaults(handler=cmd_restore)
 
     ver = sub.add_parser("verify", help=_("restore test: restore into scratch, validate with GX, write evidence"))
@@ -279,8 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from resguardo import log
 
-    log.configure()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("wal-push", "wal-fetch"):
+        # archive_command and restore_command: a lean entry point that starts
+        # fast and never exits 1 (PostgreSQL's "no such WAL file") on an error.
+        from backup.wal_main import main as wal_main
+
+        return wal_main(argv)
+    log.configure()
     if "--lang" in argv:
         index = argv.index("--lang")
         if index + 1 < len(argv):

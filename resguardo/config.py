@@ -122,8 +122,11 @@ class PitrConfig(_Model):
     archive_check_schedule: str | None = Field("*/5 * * * *", description="cron for the archive health check")
     rpo_seconds: int = Field(300, ge=1, description="maximum accepted archive lag (current RPO exposure)")
     wal_regions: list[str] | None = Field(None, description="regions for WAL; default: the database's regions")
-    spool_dir: Path | None = Field(None, description="local spool for asynchronous wal-push; default state_dir/spool/<db>")
-    async_push: bool = Field(False, description="acknowledge WAL once spooled durably and ship it in the background")
+    spool_dir: Path | None = Field(
+        None, description="markers and locks of asynchronous archiving (no WAL data); default state_dir/spool/<db>")
+    async_push: bool = Field(
+        False, description="wal-ship uploads WAL ahead of archive_command; wal-push acknowledges only files "
+        "already in every region")
     push_parallel: int = Field(2, ge=1, le=16, description="parallel uploads of the asynchronous shipper")
     fetch_prefetch: int = Field(4, ge=0, le=64, description="WAL segments wal-fetch downloads ahead")
     pgdata: Path | None = Field(None, description="data directory of the server, for pg_wal growth checks")
@@ -191,8 +194,10 @@ class ResguardoConfig(_Model):
     regions: dict[str, RegionConfig] = Field(min_length=1)
     databases: dict[str, DatabaseConfig] = Field(default_factory=dict)
 
-    # Kept outside the model fields: the directory relative paths resolve against.
+    # Kept outside the model fields: the directory relative paths resolve against,
+    # and the file itself (restore_command must name it).
     base_dir: Path = Field(Path("."), exclude=True)
+    config_file: Path | None = Field(None, exclude=True)
 
     @field_validator("timezone")
     @classmethod
@@ -396,7 +401,7 @@ def config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(DEFAULT_CONFIG_NAME)
 
 
-def parse_config(data: Any, base_dir: Path, source: str = "<memory>") -> ResguardoConfig:
+def parse_config(data: Any, base_dir: Path, source: str = "<memory>", config_file: Path | None = None) -> ResguardoConfig:
     """Validate an already-parsed YAML document."""
     if not isinstance(data, dict):
         raise ConfigError(
@@ -407,7 +412,7 @@ def parse_config(data: Any, base_dir: Path, source: str = "<memory>") -> Resguar
     _find_inline_secrets(data, "", problems)
     problems.extend(_cross_reference_problems(data))
     try:
-        config = ResguardoConfig.model_validate({**data, "base_dir": base_dir})
+        config = ResguardoConfig.model_validate({**data, "base_dir": base_dir, "config_file": config_file})
     except ValidationError as error:
         problems.extend(p for p in _format_pydantic_errors(error) if p not in problems)
         config = None
@@ -455,4 +460,4 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> ResguardoConf
             _("configuration file {path} is not valid YAML: {error}").format(path=path, error=error),
             _("fix the YAML syntax at the line shown"),
         ) from None
-    return parse_config(data, path.resolve().parent, str(path))
+    return parse_config(data, path.resolve().parent, str(path), path.resolve())

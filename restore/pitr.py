@@ -6,7 +6,7 @@ Steps of :func:`restore_pitr`:
    resolve the target timeline and read its history file, and choose the
    base backup (rules in :mod:`restore.pitr_target`).
 2. Stream the backup's tar from the first region with an intact copy and
-   unpack it as it arrives (:mod:`restore.pitr_tar`); check every file
+   unpack it as it arrives (:mod:`restore.pitr_tar`). Then check every file
    against PostgreSQL's own backup manifest with ``pg_verifybackup``.
 3. Write the recovery settings: ``restore_command`` calling ``resguardo
    wal-fetch`` with the absolute paths of the command and the config file,
@@ -26,8 +26,8 @@ Two kinds of destination:
   the server is left running for inspection.
 - *data directory*: an empty directory, e.g. a DR host's data directory.
   Connection settings and ``archive_mode = off`` are passed on the command
-  line only, so the files keep the source's settings; the server is stopped
-  at the end, promoted (``promote=True``) or, with ``promote=False``, shut
+  line only, so the files keep the source's settings. The server is stopped
+  at the end: promoted (``promote=True``), or, with ``promote=False``, shut
   down at the target with ``recovery.signal`` still present.
 """
 
@@ -48,6 +48,7 @@ from typing import Any
 from backup.wal import WalArchive, WalNotFoundError
 from backup.wal_catalog import list_archive, read_history
 from backup.wal_main import PREFETCH_DIR_NAME
+from backup.wal_prefetch import stop_prefetcher
 from resguardo.errors import ConfigError, ExternalToolError, NotFoundError, ResguardoError
 from resguardo.i18n import _
 from resguardo.log import get_logger
@@ -65,7 +66,7 @@ host all all 127.0.0.1/32 trust
 
 @dataclass
 class PitrReport:
-    """What a point-in-time recovery did and where it stopped."""
+    """Outcome of a point-in-time recovery: the backup used, where replay stopped, timings."""
 
     database: str
     backup_id: str
@@ -222,7 +223,7 @@ def restore_pitr(
     server's ``restore_command`` reads (default: ``--config``/
     ``RESGUARDO_CONFIG``/``./resguardo.yaml``). ``archive_settings`` (e.g.
     ``archive_mode``, ``archive_command``) make a promoted scratch copy
-    archive its new timeline; by default it does not archive, so restore tests
+    archive its new timeline. By default it does not archive, so restore tests
     never add timelines to the production archive.
 
     Raises RecoveryTargetError for an invalid target, NotFoundError when no
@@ -439,7 +440,10 @@ def _restore_one(config, database, manifest, target, target_timeline, destinatio
         recovered_lsn = _replayed_lsn(scratch) or recovered_lsn
     if scratch is None and action == "promote":
         server.stop("fast")
-    shutil.rmtree(destination / "pg_wal" / PREFETCH_DIR_NAME, ignore_errors=True)
+    prefetch_dir = destination / "pg_wal" / PREFETCH_DIR_NAME
+    if not stop_prefetcher(prefetch_dir):
+        log.warning("pitr.prefetcher_still_running", extra={"directory": str(prefetch_dir)})
+    shutil.rmtree(prefetch_dir, ignore_errors=True)
     if socket_dir is not None:
         shutil.rmtree(socket_dir, ignore_errors=True)
 

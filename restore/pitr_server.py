@@ -43,7 +43,7 @@ _CONSISTENT = re.compile(r"consistent recovery state reached at ([0-9A-F]+/[0-9A
 
 @dataclass
 class RecoveryProgress:
-    """What the server log has shown so far."""
+    """Recovery progress as read from the server log so far."""
 
     restored_files: list[str] = field(default_factory=list)
     consistent_at: str | None = None

@@ -51,7 +51,7 @@ class RecoveryTargetError(ResguardoError):
 
 @dataclass(frozen=True)
 class RecoveryTarget:
-    """Where recovery stops and which timeline it follows."""
+    """Recovery target: the stop point and the timeline to follow."""
 
     kind: str = "latest"
     value: str | None = None

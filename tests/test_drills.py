@@ -232,7 +232,20 @@ def test_failover_rejects_wrong_confirmation(lab):
     assert "FAILOVER" in caught.value.message
 
 
-def test_cli_dr_status_shows_roles(lab, capsys, monkeypatch):
+@pytest.fixture
+def cli_logging():
+    """Restore the resguardo logger after main(), which adds a handler on pytest's captured stderr."""
+    import logging
+
+    logger = logging.getLogger("resguardo")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+def test_cli_dr_status_shows_roles(lab, capsys, monkeypatch, cli_logging):
     from resguardo.cli import main
 
     monkeypatch.setenv("RESGUARDO_LANG", "en")
@@ -245,7 +258,7 @@ def test_cli_dr_status_shows_roles(lab, capsys, monkeypatch):
     assert f"Router sends clients to 127.0.0.1:{lab.primary.port}" in output
 
 
-def test_cli_failover_wrong_word_exits_12(lab, capsys):
+def test_cli_failover_wrong_word_exits_12(lab, capsys, cli_logging):
     from resguardo.cli import main
 
     status = main(["--config", str(lab.config_file), "failover", "core", "--reason", "cli refusal test run",
@@ -267,7 +280,8 @@ def test_failover_rejects_short_reason(lab):
         failover.begin(lab.config, "core", reason="x", confirmation="FAILOVER")
 
 
-def test_failover_rejects_unreachable_standby(lab):
+def test_failover_rejects_unreachable_standby(lab, monkeypatch):
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
     topology = load_topology(lab.config, "core")
     closed = dataclasses.replace(topology.standby, dsn=f"host=127.0.0.1 port={free_port()} user=postgres dbname=core")
     topology = dataclasses.replace(topology, standby=closed)
@@ -276,7 +290,8 @@ def test_failover_rejects_unreachable_standby(lab):
         failover.run_failover(lab.config, "core", reason="standby unreachable test", confirmation="FAILOVER",
                               topology=topology, notify=False)
 
-    assert "unreachable" in caught.value.message or "inalcanzable" in caught.value.message
+    assert "cannot be promoted" in caught.value.message
+    assert "does not accept connections" in caught.value.message
     assert lab.primary.psql("SELECT current_setting('default_transaction_read_only')", dbname="core") == "off"
 
 
@@ -423,9 +438,10 @@ def test_failback_rewinds_old_primary_as_standby(lab):
 
 def test_switchover_back_restores_topology(lab):
     topology = load_topology(lab.config, "core")
+    # The DR standby is rebuilt by cloning, so both rebuild methods run in this module.
     run = failback.FailbackRun(
         run_id="switch-back-test", database="core", reason="switch back to the home site", requested_by="pytest",
-        method="auto", switchover_requested=True, started_at="2026-01-01T00:00:00Z",
+        method="clone", switchover_requested=True, started_at="2026-01-01T00:00:00Z",
     )
 
     failback.switch_back(lab.config, topology, run)
@@ -434,8 +450,39 @@ def test_switchover_back_restores_topology(lab):
     assert run.switchover["rpo_seconds"] == 0.0
     assert run.switchover["promote"]["timeline"] == 3
     assert run.rebuild_standby["timeline"] == 3
+    assert run.rebuild_standby["method"] == "clone"
+    assert Path(run.rebuild_standby["moved_aside"]).is_dir()
     assert probe(topology.primary).role == "primary"
     assert probe(topology.standby).role == "standby"
     assert lab.primary.psql("SHOW default_transaction_read_only") == "off"
     with psycopg.connect(lab.bouncer.client_dsn, autocommit=True, prepare_threshold=None) as conn:
         assert conn.execute("SELECT inet_server_port()").fetchone()[0] == lab.primary.port
+
+
+def test_router_kills_connections_after_pause_timeout(lab):
+    from drills.router import open_router
+    from drills.topology import Endpoint
+
+    router = open_router(lab.config.database("core").dr.router)
+    holder = psycopg.connect(lab.bouncer.client_dsn, prepare_threshold=None)
+    holder.execute("SELECT 1")  # an open transaction keeps PAUSE waiting
+
+    result = router.switch(Endpoint("127.0.0.1", lab.primary.port), pause_timeout=1.0)
+
+    assert result.drain == "kill"
+    assert 1.0 <= result.pause_seconds < 10
+    with pytest.raises(psycopg.Error):
+        holder.execute("SELECT 1")
+    holder.close()
+    with psycopg.connect(lab.bouncer.client_dsn, autocommit=True, prepare_threshold=None) as conn:
+        assert conn.execute("SELECT inet_server_port()").fetchone()[0] == lab.primary.port
+
+
+def test_evidence_chain_verifies(lab):
+    from evidence import open_store
+
+    report = open_store(lab.config).verify_chain()
+
+    assert report.ok
+    kinds = {record["kind"] for record in evidence_records(lab.config, None)}
+    assert kinds == {"dr_rehearsal", "failover", "failback"}

@@ -255,3 +255,14 @@ def test_dag_docs_in_spanish(dag_modules):
     assert dag_modules["dr_rehearsal"].resguardo_dr_rehearsal_core.doc_md.startswith("### Ensayo de DR de `core`")
     assert dag_modules["dr_failover"].resguardo_dr_failover.doc_md.startswith("### Conmutación por error")
     assert dag_modules["dr_failback"].resguardo_dr_failback.doc_md.startswith("### Retorno después")
+
+
+def test_dags_serialize_with_run_types(dag_modules):
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dags = [dag_modules["dr_rehearsal"].resguardo_dr_rehearsal_core, dag_modules["dr_failover"].resguardo_dr_failover,
+            dag_modules["dr_failback"].resguardo_dr_failback]
+    for dag in dags:
+        restored = DagSerialization.from_dict(DagSerialization.to_dict(dag))
+        assert restored.allowed_run_types == dag.allowed_run_types
+        assert set(restored.task_ids) == set(dag.task_ids)

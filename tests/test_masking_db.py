@@ -345,3 +345,72 @@ def test_suppression_removes_subjects_and_dependents(conn):
     ).fetchone()[0]
     assert orphans == 0
     assert all(c not in str(report) for c in cedulas)
+
+
+def test_workers_and_block_ranges_give_same_result(cluster, database, conn, monkeypatch):
+    from masking import worktables
+
+    query = ("SELECT id, cedula, nombres, email, celular, telefonos::text, perfil::text, notas FROM public.clientes "
+             "ORDER BY id")
+    mask(conn)
+    expected = conn.execute(query).fetchall()
+    movements = conn.execute("SELECT id, cuenta, monto, descripcion FROM public.movimientos ORDER BY id").fetchall()
+
+    # Every leaf of one block or more is split into ranges, the last one open-ended.
+    monkeypatch.setattr(worktables, "MIN_SPLIT_BLOCKS", 1)
+    other = f"demo_{next(_names)}"
+    cluster.psql(f"CREATE DATABASE {other} TEMPLATE demo_template")
+    with psycopg.connect(cluster.dsn(other), autocommit=True) as second:
+        plan = build_plan(second, load_policy(POLICY_PATH), KEY)
+        jobs = worktables.split_jobs(second, 0, [leaf for t in plan.tables for leaf in t.leaves], 2)
+        assert any(job.first_block is not None and job.end_block is None for job in jobs)
+        snapshot = take_snapshot(second, plan)
+        report = mask_database(second, plan, workers=2)
+        assert report["workers"] == 2
+        assert second.execute(query).fetchall() == expected
+        assert second.execute("SELECT id, cuenta, monto, descripcion FROM public.movimientos ORDER BY id").fetchall() == movements
+        proof = run_proof(second, cluster.uri(other), plan, snapshot, runner="sql")
+        assert proof["outcome"] == "passed", proof["failed"] + proof["broken"]
+
+
+def test_work_tables_dropped_after_masking(conn):
+    mask(conn)
+    work = conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'work\\_%%'", (WORK_SCHEMA,)
+    ).fetchone()[0]
+    assert work == 0
+
+
+def test_row_count_mismatch_fails_and_rolls_back(conn, monkeypatch):
+    from masking import engine
+
+    real_run_jobs = engine.run_jobs
+
+    def run_jobs_reporting_one_more(*args, **kwargs):
+        written = real_run_jobs(*args, **kwargs)
+        return {oid: count + 1 for oid, count in written.items()}
+
+    monkeypatch.setattr(engine, "run_jobs", run_jobs_reporting_one_more)
+    before = conn.execute("SELECT cedula FROM public.clientes ORDER BY id").fetchall()
+    plan = build_plan(conn, load_policy(POLICY_PATH), KEY)
+    with pytest.raises(MaskingError) as caught:
+        mask_database(conn, plan)
+    assert "the table changed during masking" in caught.value.message
+    assert conn.execute("SELECT cedula FROM public.clientes ORDER BY id").fetchall() == before
+    work = conn.execute(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = %s AND tablename LIKE 'work\\_%%'", (WORK_SCHEMA,)
+    ).fetchone()[0]
+    assert work == 0
+
+
+def test_worker_error_keeps_message_and_hint(conn):
+    conn.execute("CREATE TABLE public.fechas (texto text)")
+    conn.execute("INSERT INTO public.fechas VALUES ('2024-01-31'), ('no es fecha')")
+    data = demo_policy_data()
+    data["tables"]["public.fechas"] = {"columns": {"texto": {"transform": "date", "mode": "month"}}}
+    plan = build_plan(conn, parse_policy(data), KEY)
+    with pytest.raises(MaskingError) as caught:
+        mask_database(conn, plan, workers=2)
+    assert "masking table public.fechas failed: a value could not be transformed (ValueError)" in caught.value.message
+    assert "ISO dates" in caught.value.hint
+    assert conn.execute("SELECT count(*) FROM public.fechas WHERE texto = 'no es fecha'").fetchone()[0] == 1

@@ -13,6 +13,7 @@ that runs the system's Python 3.11 on the venv's packages.
 from __future__ import annotations
 
 import doctest
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,11 @@ class Env:
         generate_keypair(self.keys, "signing", "ed25519")
         for name in ("fs-a", "fs-b", "evidence", "state", "spool", "work"):
             (root / name).mkdir()
+        # The server's OS user writes WAL and this root process writes base backups. Creating the
+        # database folders first keeps a root-owned folder from blocking archive_command.
+        for region in ("fs-a", "fs-b"):
+            for database in ("core", "caja"):
+                (root / region / database / "wal").mkdir(parents=True)
         self.launcher = root / "resguardo"
         self.launcher.write_text(LAUNCHER.format(python=SYSTEM_PYTHON, site=VENV_SITE), encoding="utf-8")
         os.chmod(self.launcher, 0o755)
@@ -443,8 +449,35 @@ def test_restore_to_time_between_commits(env, marks):
         assert report.stop_point.startswith("before commit")
         # pgbench ran between the marks; its history table must stop at the same moment.
         assert report.scratch.psql("SELECT count(*) FROM pgbench_history") == "0"
+        assert not (Path(report.data_dir) / "pg_wal" / "resguardo_prefetch").exists()
     finally:
         report.scratch.destroy()
+
+    from evidence.store import open_store
+
+    records = open_store(env.config()).list(database="core", kind="pitr_restore")
+    assert any(r["subject"]["backup_id"] == report.backup_id and r["outcome"] == "passed" for r in records)
+
+
+def test_cli_restore_with_target_name(env, marks):
+    # The main `resguardo restore` command takes the PITR flags and hands over to restore_pitr.
+    # The data directory sits under env.root because the server's OS user must reach it.
+    data_dir = env.root / "cli-pitr-data"
+    result = subprocess.run(
+        [sys.executable, "-m", "resguardo.cli", "--config", str(env.config_file), "restore", "core",
+         "--target-name", "antes_del_6", "--data-dir", str(data_dir), "--wal-fetch-command", str(env.launcher),
+         "--no-promote", "--timeout", "180", "--json"],
+        capture_output=True, text=True, timeout=400,
+    )
+    try:
+        assert result.returncode == 0, result.stderr[-3000:]
+        report = json.loads(result.stdout)
+        assert report["outcome"] in ("paused", "shut_down")
+        assert report["backup_id"] == env.first_backup.backup_id
+    finally:
+        subprocess.run(["runuser", "-u", "postgres", "--", str(find_program("pg_ctl")), "-D", str(data_dir),
+                        "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_restore_to_lsn(env, marks):
@@ -614,6 +647,15 @@ def test_async_shipper_uploads_ahead(env):
     subprocess.run([str(pgbench), "-i", "-s", "2", "-q", cluster.dsn()], check=True, capture_output=True)
     cluster.psql("SELECT pg_switch_wal()")
 
+    # A base backup cannot finish while archiving fails; it must give up instead of hanging.
+    from backup.basebackup import run_base_backup
+    from resguardo.errors import StorageError
+
+    with pytest.raises(StorageError) as raised:
+        run_base_backup(env.config(), "caja", fast_checkpoint=True, archive_wait_seconds=5)
+    assert "archiv" in raised.value.message
+    assert [p for p in (env.root / "fs-a" / "caja").rglob("*") if p.is_file()] == []
+
     shipper = _as_postgres([str(env.launcher), "--config", str(env.config_file), "wal-ship", "caja", "--once"],
                            env=dict(os.environ, RESGUARDO_LANG="en"), timeout=300)
     assert shipper.returncode == 0, shipper.stderr[-2000:]
@@ -629,3 +671,53 @@ def test_async_shipper_uploads_ahead(env):
     # Every marker was consumed, and no wal-push call had to load the config and push itself.
     assert [p.name for p in shipped_dir(spool).iterdir() if not p.name.startswith(".")] == []
     assert "wal.push.start" not in cluster.log_file.read_text(encoding="utf-8", errors="replace")
+
+
+# -- S3 region ---------------------------------------------------------------------------------
+
+
+def test_s3_region_push_fetch_and_outage(env, tmp_path, monkeypatch):
+    """WAL push and fetch through the S3 driver against moto; a stopped server is a failure, not "not found"."""
+    from backup.wal import WalArchive, WalNotFoundError
+    from resguardo.config import parse_config
+    from resguardo.errors import IntegrityError, StorageError
+    from tests.storage_servers import MotoServer
+
+    name = _first_segment(env)
+    segment = tmp_path / name
+    WalArchive(env.config(), "core").fetch(name, segment, system_identifier=env.system_identifier)
+    monkeypatch.setenv("PITR_TEST_KEY", "testing")
+    monkeypatch.setenv("PITR_TEST_SECRET", "testing")
+
+    with MotoServer() as s3:
+        s3.client().create_bucket(Bucket="resguardo-wal")
+        document = yaml.safe_load(env.config_file.read_text(encoding="utf-8"))
+        document["regions"]["s3-uio"] = {
+            "kind": "s3", "bucket": "resguardo-wal", "region": "us-east-1", "endpoint_url": s3.endpoint_url,
+            "credentials": {"access_key_id_env": "PITR_TEST_KEY", "secret_access_key_env": "PITR_TEST_SECRET"},
+        }
+        document["databases"] = {"nube": {"dsn": "host=127.0.0.1", "regions": ["s3-uio"], "pitr": {"enabled": True}}}
+        config = parse_config(document, env.root)
+
+        pushed = WalArchive(config, "nube").push(segment)
+        again = WalArchive(config, "nube").push(segment)
+        fetched = WalArchive(config, "nube").fetch(name, tmp_path / "back", system_identifier=env.system_identifier)
+        with pytest.raises(WalNotFoundError):
+            WalArchive(config, "nube").fetch("0000000100000000000000FE", tmp_path / "absent",
+                                             system_identifier=env.system_identifier)
+        original = segment.read_bytes()
+        changed = bytearray(original)
+        changed[200000] ^= 0x01
+        segment.write_bytes(bytes(changed))
+        with pytest.raises(IntegrityError):
+            WalArchive(config, "nube").push(segment)
+        s3.stop()
+        with pytest.raises(StorageError):
+            WalArchive(config, "nube").fetch(name, tmp_path / "down", system_identifier=env.system_identifier)
+
+    assert pushed.written == ["s3-uio"]
+    assert again.written == []
+    assert again.already_archived == ["s3-uio"]
+    assert fetched.region == "s3-uio"
+    assert (tmp_path / "back").read_bytes() == original
+    assert not (tmp_path / "down").exists()
