@@ -5,8 +5,8 @@ Creates a scratch cluster on 127.0.0.1, fills ``public.clientes`` with
 balances), then measures in the same run:
 
 1. ``pg_dump -Fc -t public.clientes | pg_restore`` into a second database
-   (the cost of merely copying the table), ``--copies`` times; the median is
-   the reference, because on a shared machine single runs vary by a factor
+   (the cost of merely copying the table), ``--copies`` times. The median is
+   the reference, because single runs on a shared machine varied by a factor
    of two;
 2. masking the table in place (plan, snapshot for the proof, mask), with
    ``--workers`` processes computing the masked values;

@@ -32,6 +32,7 @@ False
 
 from __future__ import annotations
 
+import weakref
 from math import isqrt
 from typing import Callable
 
@@ -53,6 +54,24 @@ MAX_WALK = 10_000
 # first few thousand values each round costs a list lookup instead of an
 # HMAC call, about 1.3 µs with OpenSSL 3.
 MEMO_MAX_M = 1 << 17
+# Memo slots that the live permutations of one process may hold together
+# (64 MiB of list slots). Maskers create a permutation per layout and kept
+# prefix, so an account column with thousands of prefixes would otherwise
+# allocate thousands of memo tables. A permutation created while the budget
+# is spent computes every round directly, and a collected one returns its
+# slots to the budget.
+MEMO_BUDGET_SLOTS = 1 << 23
+_memo_slots_used = 0
+
+
+def _reserve_memo_slots(slots: int) -> None:
+    global _memo_slots_used
+    _memo_slots_used += slots
+
+
+def _release_memo_slots(slots: int) -> None:
+    global _memo_slots_used
+    _memo_slots_used -= slots
 
 
 class Permutation:
@@ -76,9 +95,12 @@ class Permutation:
             for r in range(rounds)
         ]
         # One memo list per round, filled on first use of each half value.
-        self._memos: list[list[int | None]] | None = (
-            [[None] * self.m for _ in range(rounds)] if self.m <= MEMO_MAX_M else None
-        )
+        self._memos: list[list[int | None]] | None = None
+        slots = rounds * self.m
+        if self.m <= MEMO_MAX_M and _memo_slots_used + slots <= MEMO_BUDGET_SLOTS:
+            self._memos = [[None] * self.m for _ in range(rounds)]
+            _reserve_memo_slots(slots)
+            weakref.finalize(self, _release_memo_slots, slots)
 
     def _round_value(self, round_index: int, half: int) -> int:
         digest = _hmac_digest(self._round_keys[round_index], half.to_bytes(self._width, "big"), "sha256")

@@ -307,8 +307,8 @@ def apply_configured_suppression(masking_config: Any, database: str, dsn: str, *
 
     Without ``required``, nothing happens (and None is returned) unless
     ``masking.yaml`` sets ``apply_suppression_on_restore: true`` for the
-    database. With ``required``, the list is applied whatever that setting
-    says, and a missing database entry or list raises an error.
+    database. With ``required``, the list is applied regardless of that
+    setting, and a missing database entry or list raises an error.
 
     The report adds to :func:`apply_suppression`'s counts the SHA-256 of the
     list file, so evidence names the version of the list that was applied.

@@ -5,9 +5,9 @@ Terms:
 - *suppression list*: the data subjects whose deletion was requested (LOPDP
   Art. 15), stored as keyed HMACs of their cédulas by ``resguardo mask
   suppress add`` (see :mod:`masking.suppression`). A backup taken before a
-  request still holds the subject's rows; applying the list after the
-  restore deletes them (or sets the listed columns to NULL), so a restore
-  never brings a deleted subject back.
+  request still contains the subject's rows. Applying the list after the
+  restore deletes them (or sets the listed columns to NULL), so the restore
+  does not bring a deleted subject back.
 - *masking config*: ``masking.yaml``, found through ``RESGUARDO_MASKING_CONFIG``
   or beside ``resguardo.yaml``. Its entry for the database names the policy
   (whose ``suppression.targets`` say which columns hold the cédula), the list
@@ -37,13 +37,13 @@ def apply_suppression_after_restore(config: ResguardoConfig, database: str, dsn:
                                     required: bool = False) -> dict[str, Any] | None:
     """Apply the suppression list of ``database`` to the restored database at ``dsn``.
 
-    Returns the counts for the evidence record (subjects listed, rows matched
-    per target, rows deleted per table, the list file's SHA-256, seconds), or
-    None when the list is not to be applied: there is no ``masking.yaml``, the
-    database has no entry in it, or ``apply_suppression_on_restore`` is false,
-    and ``required`` is not set. Raises ConfigError or PolicyError when
-    ``required`` is set and the list cannot be applied, and MaskingError when
-    applying it fails. A failure leaves the restored rows as they were,
+    Returns the counts for the evidence record: subjects listed, rows matched
+    per target, rows deleted per table, the list file's SHA-256 and seconds.
+    Without ``required``, returns None and changes nothing when there is no
+    ``masking.yaml``, the database has no entry in it, or
+    ``apply_suppression_on_restore`` is false. With ``required``, raises
+    ConfigError or PolicyError when the list cannot be applied. MaskingError
+    means applying it failed; the restored rows are then as they were,
     because suppression runs in one transaction.
     """
     from masking.config import load_masking_config, masking_config_path

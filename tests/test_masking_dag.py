@@ -46,6 +46,8 @@ def airflow_home(tmp_path_factory, keys_dir, source_cluster):
         "databases": {"banca": {
             "policy": str(POLICY_PATH),
             "suppression_list": "suppression.yaml",
+            # Two workers: masking spawns processes from inside the Airflow task.
+            "workers": 2,
             "targets": {"qa": {"dsn": source_cluster.dsn(TARGET_DATABASE), "schedule": None}},
         }},
     }
@@ -86,5 +88,6 @@ def test_masking_dag_loads_masked_copy(airflow_home, source_cluster):
     assert records[-1]["outcome"] == "passed"
     assert records[-1]["body"]["triggered_by"].startswith("pytest:")
     assert records[-1]["body"]["proof"]["outcome"] == "passed"
+    assert records[-1]["body"]["masking"]["workers"] == 2
     assert records[-1]["body"]["suppression"]["deleted"]["banca.clientes"] == 1
     assert cedulas[0] not in json.dumps(records[-1], ensure_ascii=False)

@@ -95,6 +95,7 @@ DAG_KINDS = (
     DagKind("dr_rehearsal", "resguardo_dr_rehearsal_{database}", (ROLE_DR_COORDINATOR,)),
     DagKind("failover", "resguardo_dr_failover", (ROLE_DR_COORDINATOR,)),
     DagKind("failback", "resguardo_dr_failback", (ROLE_DR_COORDINATOR,)),
+    DagKind("evidence_verify", "resguardo_evidence_verify", (ROLE_DBA, ROLE_AUTOMATION)),
 )
 KINDS_BY_NAME = {kind.name: kind for kind in DAG_KINDS}
 DR_KINDS = ("dr_rehearsal", "failover", "failback")
