@@ -123,8 +123,6 @@ def run_logical_backup(
         profile_seconds = round(time.monotonic() - profile_started, 3)
 
         args = [str(pg_dump), "--format=custom", "--compress=0", f"--snapshot={snapshot}", "--dbname", source.dsn]
-        if db.pg_dump_jobs > 1:
-            log.warning("backup.jobs_ignored", extra={"database": database, "jobs": db.pg_dump_jobs})
         process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.libpq_env())
         stderr = _StderrCollector(process.stderr)
         stderr.start()

@@ -9,6 +9,7 @@ Expectations and appends signed evidence; by default the Asset schedules it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from airflow.sdk import DAG, Asset, Param, task
 
@@ -111,7 +112,9 @@ def _restore_test_dag(name: str, db, config) -> DAG:
                                    description=doc("Backup to test; 'latest' takes the newest."))},
     ) as dag:
 
-        @task(doc_md=doc("Restores into a scratch cluster, validates with GX and writes signed evidence."))
+        # Only workers on this queue hold the private key (see docs/deployment.md).
+        @task(doc_md=doc("Restores into a scratch cluster, validates with GX and writes signed evidence."),
+              queue=os.environ.get("RESGUARDO_RESTORE_QUEUE", "default"))
         def restore_test(**context) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 

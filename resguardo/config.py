@@ -164,9 +164,12 @@ class DatabaseConfig(_Model):
     regions: list[str] = Field(min_length=1)
     quorum: int | None = Field(None, ge=1, description="regions that must succeed; default all")
     schedule: str | None = Field("0 2 * * *", description="cron for logical backups (America/Guayaquil)")
+    # Only pg_dump's custom format streams to a pipe. The directory format (and
+    # with it pg_dump -j) writes files to local disk, which would stage the
+    # whole dump unencrypted; a database too large for one pg_dump process
+    # should rely on physical base backups instead.
     dump_format: Literal["custom"] = "custom"
     compression_level: int = Field(3, ge=1, le=19)
-    pg_dump_jobs: int = Field(1, ge=1)
     restore_test: RestoreTestConfig = RestoreTestConfig()
     pitr: PitrConfig = PitrConfig()
     dr: DrConfig = DrConfig()
