@@ -57,10 +57,12 @@ MEMO_MAX_M = 1 << 17
 # Memo slots that the live permutations of one process may hold together
 # (64 MiB of list slots). Maskers create a permutation per layout and kept
 # prefix, so an account column with thousands of prefixes would otherwise
-# allocate thousands of memo tables. A permutation created while the budget
-# is spent computes every round directly, and a collected one returns its
-# slots to the budget.
+# allocate thousands of memo tables. A permutation gets its memo lists only
+# after MEMO_AFTER_PASSES Feistel passes, so one used for a few values never
+# takes any. While the budget is spent it computes every round directly and
+# asks again after as many passes. A collected permutation returns its slots.
 MEMO_BUDGET_SLOTS = 1 << 23
+MEMO_AFTER_PASSES = 64
 _memo_slots_used = 0
 
 
@@ -96,11 +98,24 @@ class Permutation:
         ]
         # One memo list per round, filled on first use of each half value.
         self._memos: list[list[int | None]] | None = None
-        slots = rounds * self.m
-        if self.m <= MEMO_MAX_M and _memo_slots_used + slots <= MEMO_BUDGET_SLOTS:
-            self._memos = [[None] * self.m for _ in range(rounds)]
-            _reserve_memo_slots(slots)
-            weakref.finalize(self, _release_memo_slots, slots)
+        # Passes computed without memo lists; None when m is too large to memoise.
+        self._direct_passes: int | None = 0 if self.m <= MEMO_MAX_M else None
+
+    def _count_direct_pass(self) -> None:
+        """Allocate the memo lists once the permutation is busy and the process budget allows."""
+        if self._direct_passes is None:
+            return
+        self._direct_passes += 1
+        if self._direct_passes < MEMO_AFTER_PASSES:
+            return
+        self._direct_passes = 0
+        slots = self.rounds * self.m
+        if _memo_slots_used + slots > MEMO_BUDGET_SLOTS:
+            return
+        self._memos = [[None] * self.m for _ in range(self.rounds)]
+        self._direct_passes = None
+        _reserve_memo_slots(slots)
+        weakref.finalize(self, _release_memo_slots, slots)
 
     def _round_value(self, round_index: int, half: int) -> int:
         digest = _hmac_digest(self._round_keys[round_index], half.to_bytes(self._width, "big"), "sha256")
@@ -115,6 +130,7 @@ class Permutation:
         left, right = divmod(x, m)
         memos = self._memos
         if memos is None:
+            self._count_direct_pass()
             width = self._width
             for key in self._round_keys:
                 digest = _hmac_digest(key, right.to_bytes(width, "big"), "sha256")
@@ -133,6 +149,7 @@ class Permutation:
         left, right = divmod(y, m)
         memos = self._memos
         if memos is None:
+            self._count_direct_pass()
             width = self._width
             for key in reversed(self._round_keys):
                 digest = _hmac_digest(key, left.to_bytes(width, "big"), "sha256")

@@ -149,7 +149,11 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from restore.logical import restore_logical
 
     report = restore_logical(args.config, args.database, backup_id=args.backup_id, target_dsn=args.target,
-                             prefer_regions=args.prefer_region, identity_file=args.identity)
+                             prefer_regions=args.prefer_region, identity_file=args.identity,
+                             apply_suppression=args.apply_suppression)
+    if report.suppression:
+        _print(_("LOPDP suppression list applied: {subjects} subjects, rows removed: {rows}").format(
+            subjects=report.suppression.get("subjects"), rows=sum((report.suppression.get("deleted") or {}).values())))
     for attempt in report.attempts:
         if attempt.outcome != "ok":
             _print(_("Region {region} skipped ({outcome}): {error}").format(
@@ -264,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--target", help=_("DSN of an existing empty database; default: a new scratch cluster"))
     res.add_argument("--prefer-region", action="append", help=_("region to read first (repeatable)"))
     res.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
+    res.add_argument("--apply-suppression", action=argparse.BooleanOptionalAction, default=None,
+                     help=_("remove data subjects on the LOPDP suppression list after the restore "
+                            "(default: masking.yaml's apply_suppression_on_restore)"))
     pitr = res.add_argument_group(_("point-in-time recovery (base backup + WAL)"))
     targets = pitr.add_mutually_exclusive_group()
     targets.add_argument("--target-time", help=_("ISO 8601 time with zone, e.g. 2026-12-04T15:15:00-05:00"))

@@ -48,6 +48,7 @@ class RestoreReport:
     timings: dict[str, float] = field(default_factory=dict)
     scratch: ScratchCluster | None = None
     target_database: str = ""
+    suppression: dict[str, Any] | None = None
 
 
 class PgRestoreSink:
@@ -158,6 +159,7 @@ def restore_logical(
     prefer_regions: list[str] | None = None,
     identity_file: str | None = None,
     keep_owners: bool | None = None,
+    apply_suppression: bool | None = None,
 ) -> RestoreReport:
     """Restore one logical backup into ``target_dsn`` or a scratch cluster.
 
@@ -222,6 +224,22 @@ def restore_logical(
             scratch.destroy()
         raise
     timings["restore_seconds"] = round(time.monotonic() - step, 3)
+
+    # LOPDP right to deletion: an old backup must not bring back data subjects
+    # who asked to be deleted. None follows masking.yaml's
+    # apply_suppression_on_restore; True requires it; False skips it.
+    suppression = None
+    if apply_suppression is not False:
+        from restore.suppression_hook import apply_suppression_after_restore
+
+        step = time.monotonic()
+        try:
+            suppression = apply_suppression_after_restore(config, database, dsn, required=bool(apply_suppression))
+        except BaseException:
+            if owns_scratch and scratch is not None:
+                scratch.destroy()
+            raise
+        timings["suppression_seconds"] = round(time.monotonic() - step, 3)
     skipped = [Attempt(name, "-", "unreachable", error) for name, error in unreachable.items()]
     result.attempts[:0] = skipped
     timings["total_seconds"] = round(time.monotonic() - started, 3)
@@ -240,4 +258,5 @@ def restore_logical(
         timings=timings,
         scratch=scratch,
         target_database=target_database,
+        suppression=suppression,
     )

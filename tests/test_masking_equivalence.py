@@ -169,12 +169,22 @@ def test_permutation_memo_matches_direct_rounds(monkeypatch):
     with_memo = fpe.Permutation(b"k" * 32, b"t", 10**6)
     monkeypatch.setattr(fpe, "MEMO_MAX_M", 0)
     direct = fpe.Permutation(b"k" * 32, b"t", 10**6)
-    assert with_memo._memos is not None
-    assert direct._memos is None
     for x in range(0, 10**6, 997):
         y = with_memo.encrypt(x)
         assert y == direct.encrypt(x)
         assert direct.decrypt(y) == with_memo.decrypt(y) == x
+    assert with_memo._memos is not None
+    assert direct._memos is None
+
+
+def test_memo_lists_wait_for_busy_permutation():
+    gc.collect()
+    permutation = fpe.Permutation(b"k" * 32, b"t", 10**4)
+    for x in range(fpe.MEMO_AFTER_PASSES - 1):
+        permutation.encrypt(x)
+    assert permutation._memos is None
+    permutation.encrypt(0)
+    assert permutation._memos is not None
 
 
 def loop_check_digit(first_nine: str) -> str:
@@ -212,17 +222,24 @@ def test_base32_lower_matches_base64_module():
 
 
 def test_memo_budget_exhausted_computes_directly(monkeypatch):
+    gc.collect()
     expected = fpe.Permutation(b"k" * 32, b"t", 10**4)
+    for x in range(fpe.MEMO_AFTER_PASSES):
+        expected.encrypt(x)
     monkeypatch.setattr(fpe, "_memo_slots_used", fpe.MEMO_BUDGET_SLOTS)
     over_budget = fpe.Permutation(b"k" * 32, b"t", 10**4)
+    values = [over_budget.encrypt(x) for x in range(0, 10**4, 7)]
     assert over_budget._memos is None
-    assert [over_budget.encrypt(x) for x in range(0, 10**4, 7)] == [expected.encrypt(x) for x in range(0, 10**4, 7)]
+    assert values == [expected.encrypt(x) for x in range(0, 10**4, 7)]
+    assert expected._memos is not None
 
 
 def test_memo_budget_returned_when_collected():
     gc.collect()
     before = fpe._memo_slots_used
     permutation = fpe.Permutation(b"k" * 32, b"t", 10**4)
+    for x in range(fpe.MEMO_AFTER_PASSES):
+        permutation.encrypt(x)
     assert fpe._memo_slots_used == before + permutation.rounds * permutation.m
     del permutation
     gc.collect()
