@@ -8,7 +8,11 @@ Terms:
   site. The names stay fixed in the configuration while the roles change: after
   a failover the configured standby is the *acting primary*.
 - *role*: what a node is right now, read from ``pg_is_in_recovery()``:
-  ``primary`` (accepts writes), ``standby`` (in recovery) or ``unreachable``.
+  ``primary`` (not in recovery), ``standby`` (in recovery) or ``unreachable``.
+- *fenced primary*: a primary whose ``default_transaction_read_only`` is on,
+  which is how :mod:`drills.fencing` stops the old primary. Ordinary
+  transactions on it are read-only, so it is not a *writable primary*
+  (:attr:`NodeState.accepts_writes`).
 - *LSN*: a WAL position, written ``X/Y`` by PostgreSQL and handled here as an
   integer byte offset (:func:`parse_lsn`).
 - *timeline*: the WAL history a server is on. Every promotion starts a new
@@ -250,10 +254,24 @@ class NodeState:
     last_contact_at: str | None = None
     track_commit_timestamp: bool | None = None
     read_only_default: bool | None = None
+    archive_mode: str | None = None
+    # Whether archive_command runs Resguardo's wal-push or wal-ship. The
+    # command text itself is not stored, because it may name key files.
+    archive_command_resguardo: bool | None = None
 
     @property
     def reachable(self) -> bool:
         return self.role != "unreachable"
+
+    @property
+    def accepts_writes(self) -> bool:
+        """Whether the node is a primary whose ordinary transactions may write (not fenced read-only)."""
+        return self.role == "primary" and not self.read_only_default
+
+    @property
+    def fenced_primary(self) -> bool:
+        """Whether the node is a primary fenced read-only (``default_transaction_read_only = on``)."""
+        return self.role == "primary" and bool(self.read_only_default)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the state as JSON-ready values, LSNs in ``X/Y`` notation."""
@@ -281,6 +299,21 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def archive_command_runs_resguardo(command: str | None) -> bool:
+    """Return whether an ``archive_command`` pushes WAL through Resguardo's ``wal-push`` or ``wal-ship``.
+
+    Only the subcommand is checked, because sites install the executable
+    under their own path or behind a launcher script.
+
+    >>> archive_command_runs_resguardo("/opt/resguardo/bin/resguardo wal-push %p --db core")
+    True
+    >>> archive_command_runs_resguardo("cp %p /mnt/archive/%f")
+    False
+    """
+    words = (command or "").split()
+    return "wal-push" in words or "wal-ship" in words
+
+
 def probe(node: Node, *, timeout: int = CONNECT_TIMEOUT_SECONDS) -> NodeState:
     """Read the role, WAL position, timeline and replication state of ``node``.
 
@@ -297,9 +330,10 @@ def probe(node: Node, *, timeout: int = CONNECT_TIMEOUT_SECONDS) -> NodeState:
         row = conn.execute(
             "SELECT pg_is_in_recovery(), clock_timestamp(), current_setting('track_commit_timestamp'),"
             " current_setting('default_transaction_read_only'),"
-            " (SELECT system_identifier::text FROM pg_control_system())"
+            " (SELECT system_identifier::text FROM pg_control_system()),"
+            " current_setting('archive_mode'), current_setting('archive_command')"
         ).fetchone()
-        in_recovery, now, track_commit, read_only, system_id = row
+        in_recovery, now, track_commit, read_only, system_id, archive_mode, archive_command = row
         state = NodeState(
             label=node.label,
             site=node.site,
@@ -308,6 +342,8 @@ def probe(node: Node, *, timeout: int = CONNECT_TIMEOUT_SECONDS) -> NodeState:
             system_identifier=system_id,
             track_commit_timestamp=track_commit == "on",
             read_only_default=read_only == "on",
+            archive_mode=archive_mode,
+            archive_command_resguardo=archive_command_runs_resguardo(archive_command),
         )
         if in_recovery:
             _probe_standby(conn, state)

@@ -166,9 +166,15 @@ class FanoutWriter:
         self._size = 0
         self._state = "open"
         self.result: FanoutResult | None = None
-        for worker in self._workers:
-            worker.thread.start()
-        logger.info("storage.fanout.start", extra={"key": key, "regions": names, "quorum": quorum})
+        try:
+            for worker in self._workers:
+                worker.thread.start()
+            logger.info("storage.fanout.start", extra={"key": key, "regions": names, "quorum": quorum})
+        except BaseException:
+            # A SIGTERM turned into KeyboardInterrupt can land here, after some
+            # threads opened their uploads but before any `with` block owns them.
+            self._abort_started()
+            raise
 
     # -- producer side --------------------------------------------------------
 
@@ -256,6 +262,11 @@ class FanoutWriter:
             extra={"key": self.key, "size": self._size, "regions": sorted(objects)},
         )
         return self.result
+
+    def _abort_started(self) -> None:
+        started = [worker for worker in self._workers if worker.thread.ident is not None]
+        self._workers = started
+        self.abort()
 
     def abort(self) -> None:
         """Abort every upload and delete every committed copy; safe to call more than once.
