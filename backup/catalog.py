@@ -1,7 +1,7 @@
 """The catalog: which backups exist, found by listing signed manifests.
 
-A backup is listed when at least one region holds a manifest whose signature
-verifies. Each entry says which regions hold a valid manifest and which copies
+A backup is listed when at least one region contains a manifest whose
+signature verifies. Each entry says which regions hold a valid manifest and which copies
 failed verification, so a tampered copy in one region is reported, not
 silently skipped, while the good copies keep the backup usable.
 """

@@ -57,7 +57,10 @@ class BackupResult:
 
 
 class _StderrCollector(threading.Thread):
-    """Drains a child's stderr so it never blocks, keeping the last 64 KiB."""
+    """Drain a child's stderr in a thread, keeping the last 64 KiB.
+
+    Without it, a child that writes much to stderr fills the pipe and stops.
+    """
 
     def __init__(self, stream):
         super().__init__(daemon=True)

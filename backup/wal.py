@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from backup.wal_format import (
+    SEGMENT_PATTERN as SEGMENT_NAME_PATTERN,
     WalFormatError,
     archive_file_kind,
     parse_segment_header,
@@ -64,6 +65,14 @@ READ_SIZE = 1 << 20
 
 class WalNotFoundError(NotFoundError):
     """The requested file is in no WAL region, and every region responded."""
+
+
+class WalGapError(IntegrityError):
+    """A segment is in no WAL region, but a later segment of its timeline is archived (or may be).
+
+    Recovery must stop here: answering "not found" would make PostgreSQL
+    end recovery at the gap and promote, losing everything after it.
+    """
 
 
 def wal_prefix(database: str, system_identifier: int | str) -> str:
@@ -449,14 +458,18 @@ class WalArchive:
 
     # -- fetch -----------------------------------------------------------------
 
-    def fetch(self, name: str, destination: Path, *, system_identifier: int | str) -> FetchOutcome:
+    def fetch(self, name: str, destination: Path, *, system_identifier: int | str,
+              check_gap: bool = True) -> FetchOutcome:
         """Restore WAL file ``name`` to ``destination``, trying the WAL regions in order.
 
         Raises WalNotFoundError only when every region responded that it does
-        not have the file. Any region failure, damaged copy or key problem
-        raises StorageError, IntegrityError or KeyError_ instead, because
-        PostgreSQL would take "not found" as the end of the archive and end
-        recovery early.
+        not have the file and, for a segment with ``check_gap``, no region
+        holds a later segment of the same timeline. Any region failure,
+        damaged copy, key problem or gap raises StorageError, IntegrityError
+        (WalGapError for a gap) or KeyError_ instead, because PostgreSQL would
+        take "not found" as the end of the archive and end recovery early.
+        ``check_gap=False`` skips the listing, for prefetching ahead of
+        PostgreSQL, where a miss only means "do not prefetch".
         """
         from restore.fetch import fetch_object
 
@@ -505,12 +518,62 @@ class WalArchive:
                 _("WAL file {name} could not be read from any region: {detail}").format(name=name, detail=detail),
                 _("recovery stops here instead of ending early; fix the regions listed and start the server again"),
             )
+        if check_gap and SEGMENT_NAME_PATTERN.match(name):
+            self._raise_if_gap(name, system_identifier)
         raise WalNotFoundError(
             _("WAL file {name} is not in the archive (regions asked: {regions})").format(
                 name=name, regions=", ".join(missing)
             ),
             _("this is the end of the archive for that timeline"),
         )
+
+    def _raise_if_gap(self, name: str, system_identifier: int | str) -> None:
+        """Raise WalGapError when a region holds a segment after ``name`` on its timeline or cannot be listed.
+
+        Runs only after every region missed ``name``, so listing the
+        timeline's keys (one prefix listing per region) is paid once per
+        recovery, at the end of the archive. A region that is empty or
+        unmounted cannot hide a gap, because any other region's later
+        segment is enough to stop recovery.
+        """
+        prefix = wal_prefix(self.database, system_identifier) + name[:8]
+        base = wal_prefix(self.database, system_identifier)
+        later: dict[str, str] = {}
+        unlisted: dict[str, str] = {}
+        for region in self.regions:
+            try:
+                for info in region.list(prefix):
+                    stem = info.key[len(base):]
+                    if not stem.endswith(SIDECAR_SUFFIX):
+                        continue
+                    stem = stem[: -len(SIDECAR_SUFFIX)]
+                    if SEGMENT_NAME_PATTERN.match(stem) and stem > name:
+                        if region.name not in later or stem < later[region.name]:
+                            later[region.name] = stem
+            except StorageError as error:
+                unlisted[region.name] = error.message
+                log.warning("wal.fetch.gap_check_failed", extra={"database": self.database, "wal_file": name,
+                                                                 "region": region.name, "error": error.message})
+        if later:
+            region, first_later = min(later.items(), key=lambda item: item[1])
+            log.error("wal.fetch.gap", extra={"database": self.database, "wal_file": name, "region": region,
+                                              "later_wal_file": first_later})
+            raise WalGapError(
+                _("WAL segment {name} is missing from every region, but region {region} holds the later segment "
+                  "{later} of the same timeline: the archive has a gap").format(
+                    name=name, region=region, later=first_later),
+                _("recovery was stopped on purpose instead of ending at the gap; restore {name} into the archive "
+                  "(from pg_wal of the server, if it still has it), or choose a recovery target before "
+                  "{name}").format(name=name),
+            )
+        if unlisted:
+            detail = "; ".join(f"{region}: {error}" for region, error in unlisted.items())
+            raise WalGapError(
+                _("WAL segment {name} is missing from every region, and whether a later segment exists cannot be "
+                  "checked: {detail}").format(name=name, detail=detail),
+                _("recovery was stopped on purpose, because {name} may be a gap and not the end of the archive; "
+                  "fix access to the regions listed and start the server again").format(name=name),
+            )
 
 
 class _VerifiedFileSink:

@@ -15,8 +15,10 @@ Exit statuses of ``wal-fetch`` follow what PostgreSQL does with them
 (``RestoreArchivedFile`` in ``src/backend/access/transam/xlogarchive.c``):
 
 - 0: the file was restored.
-- 1: every WAL region responded that it does not have the file. PostgreSQL
+- 1: every WAL region responded that it does not have the file and, for a
+  segment, no region holds a later segment of its timeline. PostgreSQL
   takes this as the end of the archive (or tries streaming replication).
+  A missing segment with later ones archived is a gap and exits 200.
 - 200 (:data:`FATAL_EXIT_STATUS`): anything else, after retries: a region
   failed, a copy was damaged, a key or the configuration could not be read.
   PostgreSQL treats an exit status above 125 as fatal, so the startup process
@@ -177,7 +179,7 @@ def run_fetch(args: argparse.Namespace) -> int:
     for attempt in range(1, attempts + 1):
         try:
             config = _load(args)
-            from backup.wal import WalArchive, WalNotFoundError, control_system_identifier, resolve_database
+            from backup.wal import WalArchive, WalGapError, WalNotFoundError, control_system_identifier, resolve_database
 
             database = resolve_database(config, args.database)
             db = config.database(database)
@@ -198,6 +200,12 @@ def run_fetch(args: argparse.Namespace) -> int:
                 logger.info("wal.fetch.not_found", extra={"database": database, "wal_file": args.name})
                 _error(error.render())
                 return NOT_FOUND_EXIT_STATUS
+            except WalGapError as error:
+                # A gap does not heal by waiting, so it is not retried.
+                logger.error("wal.fetch.failed", extra={"wal_file": args.name, "attempts": attempt,
+                                                         "exit_status": FATAL_EXIT_STATUS, "error": error.message})
+                _error(error.render())
+                return FATAL_EXIT_STATUS
             if prefetch_dir is not None and db.pitr.fetch_prefetch > 0:
                 from backup.wal_prefetch import request_window
 

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from drills.display import format_number, format_word
 from resguardo.i18n import _
 
 
@@ -91,6 +92,22 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else 8
 
 
+def status_warnings(primary, standby) -> list[str]:
+    """Return the warnings about two nodes that both claim the primary role."""
+    if standby is None or primary.role != "primary" or standby.role != "primary":
+        return []
+    if primary.accepts_writes and standby.accepts_writes:
+        return [_("both nodes are primaries and accept writes (split brain); stop the node clients must not "
+                  "use, then reconcile the data by hand")]
+    writable = [state.label for state in (primary, standby) if state.accepts_writes]
+    if writable:
+        fenced = standby.label if writable == [primary.label] else primary.label
+        return [_("both nodes are primaries; {fenced} is fenced read-only and only {writable} accepts writes. "
+                  "Rebuild {fenced} as a standby with 'resguardo failback'").format(
+            fenced=fenced, writable=writable[0])]
+    return [_("both nodes are primaries fenced read-only: no node accepts writes")]
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from drills.router import open_router
     from drills.topology import load_topology, measure_exposure, probe
@@ -113,17 +130,21 @@ def cmd_status(args: argparse.Namespace) -> int:
         if node_state is None:
             _print(_("{label}: not configured").format(label=label))
             continue
+        role = node_state.role
+        if node_state.fenced_primary:
+            role = _("primary fenced read-only (default_transaction_read_only = on)")
         _print(_("{label} ({site}): {role}, timeline {timeline}, WAL {lsn}").format(
-            label=label, site=node_state.site, role=node_state.role, timeline=node_state.timeline or "-",
-            lsn=node_state.to_dict()["lsn"] or "-"))
+            label=label, site=node_state.site, role=role, timeline=format_number(node_state.timeline),
+            lsn=format_word(node_state.to_dict()["lsn"])))
         if node_state.error:
             _print("  " + node_state.error)
+    for warning in status_warnings(primary, standby):
+        _print(_("WARNING: {text}").format(text=warning))
     if state["exposure"]:
         exposure = state["exposure"]
-        _print(_("Standby exposure: {seconds} s, {bytes} bytes of WAL behind (method {method}); "
-                 "RPO target {target} s").format(
-            seconds=exposure["seconds"] if exposure["seconds"] is not None else "?",
-            bytes=exposure["lag_bytes"] if exposure["lag_bytes"] is not None else "?",
+        _print(_("Standby exposure: commits of the last {seconds} seconds, {bytes} bytes of WAL behind "
+                 "(method {method}); RPO target {target} s").format(
+            seconds=format_number(exposure["seconds"]), bytes=format_number(exposure["lag_bytes"]),
             method=exposure["method"], target=topology.rpo_target_seconds))
     if state["router_target"]:
         _print(_("Router sends clients to {target}").format(target=state["router_target"]))
@@ -135,10 +156,10 @@ def _print_failover(run) -> None:
 
     _print(_("{kind} {outcome}: new primary {node}, timeline {timeline}").format(
         kind=kind_label(run.kind), outcome=outcome_label(run.outcome), node=run.new_primary,
-        timeline=run.promote.get("timeline", "-")))
-    _print(_("Measured RTO {rto} s, RPO {rpo} s (method {method})").format(
-        rto=run.rto_seconds if run.rto_seconds is not None else "?",
-        rpo=run.rpo_seconds if run.rpo_seconds is not None else "?", method=run.rpo_method or "?"))
+        timeline=format_number(run.promote.get("timeline"))))
+    _print(_("Measured RTO: {rto} seconds. RPO: {rpo} seconds (method {method})").format(
+        rto=format_number(run.rto_seconds), rpo=format_number(run.rpo_seconds),
+        method=format_word(run.rpo_method)))
     for step in run.steps:
         _print(f"  {step['name']:<14} {step['seconds']:>9.3f} s  {step['outcome']}")
     for finding in run.findings:

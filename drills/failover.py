@@ -47,7 +47,8 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from drills import records
-from drills.fencing import fence_node, unfence_node
+from drills.display import format_number, format_word
+from drills.fencing import fence_node, read_fence_marker, unfence_node
 from drills.router import open_router
 from drills.storage_status import storage_status
 from drills.timeline import Timeline, iso, utc_now
@@ -246,12 +247,9 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
                 _("check dsn and dr.standby.dsn of database {database}").format(database=run.database),
             )
         if new_state.role == "primary":
-            if old_state.role == "primary":
-                raise FailoverRejected(
-                    _("both nodes accept writes (split brain): {old} and {new}").format(old=old.label, new=new.label),
-                    _("stop the node that clients must not use, then reconcile the data by hand; "
-                      "no automatic step is safe now"),
-                )
+            _check_already_primary(topology, run, new, old, new_state, old_state)
+            # The standby was promoted by hand and the old primary is lost:
+            # fence it and switch the router, but promote nothing.
             run.findings.append(_("the standby was already promoted before this run; promotion is skipped"))
             run.preflight["already_promoted"] = True
             run.preflight["exposure"] = {"seconds": None, "lag_bytes": None, "method": "already_promoted"}
@@ -275,19 +273,18 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
                 _("a switchover must lose nothing; if the primary is lost, run a failover instead"),
             )
         if too_far and run.kind == KIND_FAILOVER and not run.accept_data_loss:
-            shown = "?" if exposure.seconds is None else f"{exposure.seconds:.1f}"
             raise FailoverRejected(
-                _("the standby may lack {seconds} s of commits ({bytes} bytes of WAL, measured by {method}), "
-                  "more than the RPO target of {target} s").format(
-                    seconds=shown, bytes=exposure.lag_bytes if exposure.lag_bytes is not None else "?",
+                _("the standby may lack commits of the last {seconds} seconds ({bytes} bytes of WAL, "
+                  "measured by {method}), more than the RPO target of {target} s").format(
+                    seconds=format_number(exposure.seconds, 1), bytes=format_number(exposure.lag_bytes),
                     method=exposure.method, target=topology.rpo_target_seconds,
                 ),
                 _("wait for the standby to catch up, or run again accepting data loss "
                   "(--accept-data-loss / accept_data_loss) once the loss is authorised"),
             )
         if too_far and run.kind == KIND_FAILOVER:
-            run.findings.append(_("data loss accepted by the request: exposure {seconds} s over the RPO target").format(
-                seconds="?" if exposure.seconds is None else f"{exposure.seconds:.1f}"))
+            run.findings.append(_("data loss accepted by the request: exposure of {seconds} seconds, "
+                                  "over the RPO target").format(seconds=format_number(exposure.seconds, 1)))
 
         if config.database(run.database).pitr.enabled:
             status = storage_status(
@@ -309,6 +306,72 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
                 run.findings.append(_("the router sends clients to {target}, which is neither node").format(
                     target=current))
     return run
+
+
+def _check_already_primary(topology: Topology, run: FailoverRun, new, old, new_state, old_state) -> None:
+    """Reject a run whose new primary-to-be is already a primary, unless the old primary is lost and unfenced.
+
+    A repeated failover (the switch already happened, the old primary is
+    fenced or was rebuilt as a standby) must not fence the old node again,
+    and two primaries need a person to decide which one keeps the data.
+    """
+    marker = read_fence_marker(old.data_dir)
+    fenced_by_run = (marker or {}).get("run_id")
+    hint_failback = _("to make {old} the primary again, rebuild it with 'resguardo failback {database}' and "
+                      "switch back with --switchover; no server was changed").format(
+        old=old.label, database=run.database)
+
+    if old_state.role == "standby":
+        raise FailoverRejected(
+            _("{new} is already the primary (timeline {timeline}) and {old} is in recovery as a standby: "
+              "there is nothing to switch, and fencing {old} would stop a standby that was just rebuilt").format(
+                new=new.label, old=old.label, timeline=format_number(new_state.timeline)),
+            hint_failback,
+        )
+
+    if old_state.role == "primary":
+        if new_state.accepts_writes and old_state.accepts_writes:
+            raise FailoverRejected(
+                _("both nodes accept writes (split brain): {old} and {new}").format(old=old.label, new=new.label),
+                _("stop the node that clients must not use, then reconcile the data by hand; "
+                  "no automatic step is safe now"),
+            )
+        if new_state.accepts_writes and old_state.fenced_primary:
+            raise FailoverRejected(
+                _("the switch to {new} already happened: {new} accepts writes and {old} is a primary fenced "
+                  "read-only by Resguardo (run {fence_run})").format(
+                    new=new.label, old=old.label, fence_run=format_word(fenced_by_run)),
+                hint_failback,
+            )
+        if old_state.accepts_writes and new_state.fenced_primary:
+            raise FailoverRejected(
+                _("{new} is a primary fenced read-only by Resguardo and {old} accepts writes, so {new} "
+                  "holds an old copy of the data and must not take clients").format(new=new.label, old=old.label),
+                _("rebuild {new} as a standby with 'resguardo failback {database} --node {new}'; "
+                  "no server was changed").format(new=new.label, database=run.database),
+            )
+        raise FailoverRejected(
+            _("both nodes are primaries fenced read-only (default_transaction_read_only = on): {old} and {new}").format(
+                old=old.label, new=new.label),
+            _("decide which node holds the data clients need, reset default_transaction_read_only on it, "
+              "then rebuild the other one with 'resguardo failback'; no server was changed"),
+        )
+
+    # The old node is unreachable. A fence marker naming this new primary
+    # means an earlier run already switched, and a standby.signal written by
+    # someone else (a rebuild) means the node is a standby that is down.
+    if marker is not None and marker.get("new_primary") == run.new_primary:
+        raise FailoverRejected(
+            _("the switch to {new} already happened in run {fence_run}: {new} is the primary and {old} is "
+              "fenced and unreachable").format(new=new.label, old=old.label, fence_run=format_word(fenced_by_run)),
+            hint_failback,
+        )
+    if marker is None and old.data_dir is not None and (old.data_dir / "standby.signal").is_file():
+        raise FailoverRejected(
+            _("{new} is already the primary and {old} is an unreachable standby (standby.signal in {path}): "
+              "there is nothing to switch").format(new=new.label, old=old.label, path=old.data_dir),
+            hint_failback,
+        )
 
 
 def fence(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> FailoverRun:
@@ -340,6 +403,7 @@ def promote(config: ResguardoConfig, topology: Topology, run: FailoverRun, *,
     new = topology.node(run.new_primary)
     if run.preflight.get("already_promoted"):
         _skip(run, "promote", "already promoted")
+        run.promote = {"timeline": (run.preflight.get("new_primary") or {}).get("timeline"), "caught_up": None}
         return run
 
     with _step(run, "promote") as detail:
@@ -574,8 +638,8 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
         run.findings.append(_("RTO target missed: {measured} s measured, target {target} s").format(
             measured=run.rto_seconds, target=topology.rto_target_seconds))
     if completed and not rpo_met:
-        run.findings.append(_("RPO target missed: {measured} s measured, target {target} s").format(
-            measured=run.rpo_seconds if run.rpo_seconds is not None else "?", target=topology.rpo_target_seconds))
+        run.findings.append(_("RPO target missed: {measured} seconds measured, target {target} s").format(
+            measured=format_number(run.rpo_seconds), target=topology.rpo_target_seconds))
 
     # Only the preflight runs before the first change to a server.
     if completed:
@@ -606,7 +670,7 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
 def outcome_label(outcome: str | None) -> str:
     """Return the translated name of a run outcome (``completed``, ``failed``, ``rejected``)."""
     labels = {"completed": _("completed"), "failed": _("did not complete"), "rejected": _("rejected")}
-    return labels.get(outcome or "", outcome or "?")
+    return labels.get(outcome or "", format_word(outcome))
 
 
 def kind_label(kind: str) -> str:
@@ -623,10 +687,10 @@ def alert_text(run: FailoverRun, topology: Topology) -> str:
     facts = {
         _("run"): run.run_id,
         _("new primary"): run.new_primary,
-        _("RTO"): _("{measured} s (target {target} s)").format(
-            measured=run.rto_seconds if run.rto_seconds is not None else "?", target=topology.rto_target_seconds),
-        _("RPO"): _("{measured} s by {method} (target {target} s)").format(
-            measured=run.rpo_seconds if run.rpo_seconds is not None else "?", method=run.rpo_method or "?",
+        _("RTO"): _("{measured} seconds (target {target} s)").format(
+            measured=format_number(run.rto_seconds), target=topology.rto_target_seconds),
+        _("RPO"): _("{measured} seconds by {method} (target {target} s)").format(
+            measured=format_number(run.rpo_seconds), method=format_word(run.rpo_method),
             target=topology.rpo_target_seconds),
     }
     if run.evidence:

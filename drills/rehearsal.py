@@ -57,6 +57,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from drills import records
+from drills.display import format_number
 from drills.timeline import OUTCOME_FAILED, OUTCOME_OK, Step, Timeline, iso, utc_now
 from drills.topology import DR_SCHEMA, Node, Topology, load_topology, parse_lsn, parse_time, probe
 from drills.validation import reference_structure, suite_dir_for, validate_database
@@ -496,8 +497,8 @@ def _conclude(config: ResguardoConfig, result: RehearsalResult) -> RehearsalResu
         result.findings.append(_("RTO target missed: {measured} s measured, target {target} s").format(
             measured=result.rto_seconds, target=result.rto_target_seconds))
     if result.error is None and not result.rpo_met:
-        result.findings.append(_("RPO target missed: {measured} s measured, target {target} s").format(
-            measured="?" if result.rpo_seconds is None else result.rpo_seconds, target=result.rpo_target_seconds))
+        result.findings.append(_("RPO target missed: {measured} seconds measured, target {target} s").format(
+            measured=format_number(result.rpo_seconds), target=result.rpo_target_seconds))
     body = result.to_dict()
     body.pop("evidence", None)
     subject = {"run_id": result.run_id, "scenario": result.scenario,

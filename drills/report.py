@@ -9,8 +9,6 @@ evidence record that contains the signed figures.
 
 >>> format_seconds(3725.5)
 '3725.5 s (1 h 2 min 5 s)'
->>> format_seconds(None)
-'?'
 """
 
 from __future__ import annotations
@@ -69,13 +67,13 @@ def _rpo_method_text(method: str | None) -> str:
         "last_replayed_commit": _("commit time of the last transaction replayed from WAL, compared with the marker"),
         "newest_marker": _("newest marker row of an earlier rehearsal, compared with this marker"),
         "unknown": _("no commit time could be found in the copy"),
-    }.get(method or "unknown", method or "?")
+    }.get(method or "unknown", method or _("unknown"))
 
 
 def format_seconds(value: float | None) -> str:
     """Return seconds with a hours-minutes-seconds reading for long spans."""
     if value is None:
-        return "?"
+        return _("unknown")
     if value < 60:
         return f"{value:.1f} s"
     whole = int(value)

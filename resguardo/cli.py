@@ -202,8 +202,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 
 # argparse's own texts ("usage:", "options", its error messages) go through
-# the module-level gettext functions of argparse; routing them to our catalog
-# makes help and usage errors follow the configured language as well.
+# argparse's module-level gettext functions. Routing them to our catalog makes
+# help and usage errors follow the configured language too.
 ARGPARSE_MESSAGES = (
     "usage: ", "positional arguments", "options", "show this help message and exit",
     "the following arguments are required: %s", "unrecognized arguments: %s",

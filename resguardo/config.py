@@ -44,7 +44,7 @@ class _Model(BaseModel):
 
 
 class Credentials(_Model):
-    """Where a driver finds its credentials; never the secret itself."""
+    """Credential references for a driver; never the secret itself."""
 
     connection_id: str | None = Field(None, description="Airflow Connection id, used inside Airflow")
     profile: str | None = Field(None, description="AWS shared-config profile")
@@ -164,10 +164,10 @@ class DatabaseConfig(_Model):
     regions: list[str] = Field(min_length=1)
     quorum: int | None = Field(None, ge=1, description="regions that must succeed; default all")
     schedule: str | None = Field("0 2 * * *", description="cron for logical backups (America/Guayaquil)")
-    # Only pg_dump's custom format streams to a pipe. The directory format (and
-    # with it pg_dump -j) writes files to local disk, which would stage the
-    # whole dump unencrypted; a database too large for one pg_dump process
-    # should rely on physical base backups instead.
+    # Only pg_dump's custom format streams to a pipe. The directory format, and
+    # with it pg_dump -j, writes files to local disk, so the whole dump would sit
+    # there unencrypted. A database too large for one pg_dump process should
+    # rely on physical base backups instead.
     dump_format: Literal["custom"] = "custom"
     compression_level: int = Field(3, ge=1, le=19)
     restore_test: RestoreTestConfig = RestoreTestConfig()
@@ -336,8 +336,8 @@ def _format_pydantic_errors(error: ValidationError) -> list[str]:
     lines = []
     for item in error.errors(include_url=False):
         location = ".".join(str(part) for part in item["loc"] if not str(part).startswith("function-"))
-        # Union members add their tag to the location (e.g. regions.a.s3.bucket): keep it,
-        # it tells which kind was being checked.
+        # Union members add their tag to the location (e.g. regions.a.s3.bucket).
+        # The tag stays because it shows which kind was being checked.
         value = item.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if any(str(part) in ("dsn", "admin_dsn") for part in item["loc"]):

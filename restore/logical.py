@@ -34,7 +34,7 @@ log = get_logger("restore.logical")
 
 @dataclass
 class RestoreReport:
-    """What a logical restore did, for the CLI and for evidence."""
+    """Result of a logical restore, for the CLI and for evidence."""
 
     database: str
     backup_id: str
@@ -122,7 +122,7 @@ def open_reachable_regions(names: list[str], config: ResguardoConfig):
 
 
 def _require_empty_target(dsn: str) -> None:
-    """Refuse a target database that already holds tables, so a restore never merges into data."""
+    """Raise unless the target database is empty, so a restore never merges into existing data."""
     import psycopg
 
     try:

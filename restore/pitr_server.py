@@ -16,6 +16,10 @@ Log lines matched (PostgreSQL 12 to 17, ``src/backend/access/transam/xlogrecover
 - ``database system is ready to accept connections``: the promoted server is open.
 - ``shutdown at recovery target``: ``recovery_target_action = shutdown`` took effect.
 - ``FATAL``/``PANIC`` lines: why the startup process stopped.
+- Lines starting with ``ERROR:`` (no prefix): an error that ``wal-fetch``
+  itself printed, such as a gap in the archive. Its "file not in the
+  archive" lines are left out, because PostgreSQL probes for files that
+  do not exist on every restore.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class RecoveryProgress:
     ready: bool = False
     shut_down_at_target: bool = False
     fatal_lines: list[str] = field(default_factory=list)
+    command_errors: list[str] = field(default_factory=list)
 
     def feed(self, line: str) -> None:
         """Update the progress from one log line."""
@@ -65,6 +70,10 @@ class RecoveryProgress:
             return
         if "FATAL:" in line or "PANIC:" in line:
             self.fatal_lines.append(line.strip())
+        # wal-fetch writes its own errors to the server log without PostgreSQL's line prefix.
+        not_found = "is not in the archive" in line or "no está en el archivo" in line
+        if line.startswith("ERROR: ") and not not_found:
+            self.command_errors.append(line.strip())
         for pattern, attribute in ((_CONSISTENT, "consistent_at"), (_REDO_DONE, "redo_done_at"),
                                    (_LAST_TRANSACTION, "last_transaction_time")):
             match = pattern.search(line)

@@ -84,10 +84,11 @@ def run_restore_test(
     triggered_by: str = "cli",
     identity_file: str | None = None,
 ) -> RestoreTestOutcome:
-    """Run one restore test and append its evidence record; never raises for a failed test.
+    """Run one restore test and append its evidence record.
 
-    Configuration and key errors are raised before anything is recorded,
-    because they say nothing about the backup.
+    A failed restore or failed checks are recorded and returned with
+    ``passed=False``, not raised. Errors opening the evidence store raise,
+    because then nothing could be recorded.
     """
     from expectations.suites import run_restore_checks
 
@@ -173,7 +174,7 @@ def run_restore_test(
 
 
 def _region_rows(config: ResguardoConfig, report) -> list[dict[str, Any]]:
-    """One row per region attempt, in the shape the evidence report renders."""
+    """Build one row per region attempt, in the shape the evidence report renders."""
     entry = report.manifest["objects"][0]
     rows = []
     for attempt in report.attempts:

@@ -155,8 +155,8 @@ def test_killed_backup_leaves_nothing_listed(fs_config, tmp_path):
 
     path, config = fs_config
     env = dict(os.environ, RESGUARDO_CONFIG=str(path))
-    # A slow reader: pg_dump output is throttled by a tiny pipe only in effect;
-    # the kill lands while uploads are in flight for this database size.
+    # The loop polls for the first temporary file, so the kill lands while
+    # uploads are in flight.
     process = subprocess.Popen([sys.executable, "-m", "resguardo.cli", "backup", "banca"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
