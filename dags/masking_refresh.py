@@ -25,14 +25,15 @@ target **{target}** ({destination}), as the LOPDP requires:
 1. restores the chosen backup (default: the newest) into an isolated scratch
    PostgreSQL (127.0.0.1 only);
 2. checks the masking policy against the database: a column without a rule,
-   or kept while it looks personal without a review, stops the run;
+   a column kept while it looks personal without a review, or a JSON path
+   with personal-looking values and no rule stops the run;
 3. deletes the data subjects of the suppression list (right to deletion);
 4. masks every column under its rule with the masking key, which never leaves
    the masking host;
 5. proves the result: no original value left, valid formats, intact keys and
    relations, unchanged row counts;
-6. loads the masked copy only if the proof passed, and writes a signed
-   evidence record either way.
+6. loads the masked copy only if the proof passed, replacing everything in
+   the target database, and writes a signed evidence record either way.
 
 Without Airflow: `resguardo mask run {database} --target {target}`.
 """

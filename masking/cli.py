@@ -20,6 +20,17 @@ from typing import Any
 from resguardo.i18n import _
 
 
+def _add_masking_config_option(parser: argparse.ArgumentParser) -> None:
+    """Accept ``--masking-config`` after the action too (``mask run DB --masking-config X``).
+
+    SUPPRESS as the default keeps an absent option from overwriting the value
+    given before the action, because argparse copies a subparser's defaults
+    onto the shared namespace.
+    """
+    parser.add_argument("--masking-config", metavar="PATH", default=argparse.SUPPRESS,
+                        help=_("masking settings file (default: masking.yaml beside the main config)"))
+
+
 def register(subparsers: Any) -> None:
     """Add the ``mask`` command and its actions to the ``resguardo`` parser."""
     parser = subparsers.add_parser("mask", help=_("LOPDP masking: masked copies for non-production"))
@@ -33,6 +44,7 @@ def register(subparsers: Any) -> None:
     discover.add_argument("database", help=_("configured database name"))
     discover.add_argument("--dsn", help=_("scan this database instead of a restored copy of the newest backup"))
     discover.add_argument("--sample-rows", type=int, default=1000, help=_("rows sampled per table (default: 1000)"))
+    _add_masking_config_option(discover)
     discover.set_defaults(handler=cmd_discover)
 
     run = actions.add_parser("run", help=_("restore, mask, prove and load a masked copy into a target"))
@@ -41,6 +53,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--backup-id", default="latest", help=_("backup to mask (default: latest)"))
     run.add_argument("--triggered-by", default=getpass.getuser(), help=_("who started the run, for the evidence"))
     run.add_argument("--json", action="store_true", help=_("print the evidence body as JSON"))
+    _add_masking_config_option(run)
     run.set_defaults(handler=cmd_run)
 
     suppress = actions.add_parser("suppress", help=_("manage the suppression list (right to deletion)"))
@@ -48,6 +61,7 @@ def register(subparsers: Any) -> None:
     add = suppress_actions.add_parser("add", help=_("add data subjects by cédula; only their HMAC is stored"))
     add.add_argument("database", help=_("configured database name"))
     add.add_argument("--reference", help=_("case reference of the deletion request (no personal data)"))
+    _add_masking_config_option(add)
     add.set_defaults(handler=cmd_suppress_add)
 
     keygen = actions.add_parser("keygen", help=_("write a new random masking key file (mode 0600)"))

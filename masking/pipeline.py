@@ -6,9 +6,9 @@ Steps, each timed and recorded:
 2. build the plan (deny by default) and run the discovery gate;
 3. apply the suppression list (LOPDP Art. 15);
 4. snapshot, mask, prove (:mod:`masking.proof`) and drop the work schema;
-5. export: ``pg_dump -Fc`` of the scratch database piped into
-   ``pg_restore --clean --if-exists --no-owner`` on the target (no temporary
-   file), or into an encrypted, compressed object in storage regions under
+5. export: drop every schema of the target database, then pipe ``pg_dump
+   -Fc`` of the scratch database into ``pg_restore --no-owner`` on the target
+   (no temporary file), or into an encrypted, compressed object in storage regions under
    ``<database>/masked/<masked_id>/dump.enc``;
 6. append an evidence record (kind ``masking``), whatever the outcome, and
    destroy the scratch cluster.
@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from masking.config import MaskingConfig, TargetConfig, load_masking_config, masking_config_path
@@ -65,9 +66,59 @@ def _libpq_env(password_env: str | None) -> dict[str, str]:
     return env
 
 
+# Schemas that belong to PostgreSQL itself; every other schema of the target is dropped before a load.
+_SYSTEM_SCHEMA_FILTER = (
+    "nspname NOT IN ('pg_catalog', 'information_schema') AND nspname NOT LIKE 'pg\\_toast%' "
+    "AND nspname NOT LIKE 'pg\\_temp\\_%'"
+)
+
+
+def clear_target_database(target: TargetConfig) -> dict[str, Any]:
+    """Drop every non-system schema of the target database and recreate an empty ``public``.
+
+    A masked copy replaces the target's whole content. ``pg_restore --clean``
+    cannot do that on its own: its DROP statements fail on an earlier copy
+    with partitioned tables ("cannot drop inherited constraint"), and objects
+    that the new dump no longer contains would stay behind. One transaction
+    on a maintenance connection to the target drops the schemas with CASCADE,
+    so a failure leaves the target as it was. Objects outside schemas (event
+    triggers, publications, large objects) are left alone.
+    """
+    env = _libpq_env(target.password_env)
+    password = {"password": env["PGPASSWORD"]} if target.password_env else {}
+    try:
+        with psycopg.connect(target.dsn, autocommit=True, **password) as conn:
+            dbname = conn.info.dbname
+            schemas = [row[0] for row in conn.execute(
+                f"SELECT nspname FROM pg_namespace WHERE {_SYSTEM_SCHEMA_FILTER} ORDER BY nspname"
+            ).fetchall()]
+            log.info("masking.export.clear_target", extra={"database": dbname, "schemas": len(schemas)})
+            with conn.transaction():
+                for schema in schemas:
+                    conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+                # pg_dump of PostgreSQL 15 does not create the public schema, so it must exist before the load.
+                conn.execute("CREATE SCHEMA public")
+    except psycopg.Error as error:
+        log.error("masking.export.clear_target_failed", extra={"sqlstate": error.sqlstate,
+                                                               "error_type": type(error).__name__})
+        raise MaskingError(
+            _("emptying the target database before the load failed: {error}").format(
+                error=(error.diag.message_primary if error.diag else None) or str(error)
+            ),
+            _("the target was not changed; check that the target exists and that the configured user owns "
+              "its schemas"),
+        ) from error
+    return {"database": dbname, "schemas_dropped": len(schemas)}
+
+
 def export_to_database(source_dsn: str, target: TargetConfig, bindir: Path | None = None) -> dict[str, Any]:
-    """Stream ``pg_dump -Fc`` of the masked database into ``pg_restore`` on the target."""
+    """Replace the target database's content with the masked database, streaming ``pg_dump -Fc`` into ``pg_restore``.
+
+    The target is emptied first (:func:`clear_target_database`), so every
+    refresh, the first and the next ones, loads into an empty database.
+    """
     started = time.monotonic()
+    cleared = clear_target_database(target)
     pg_dump = find_program("pg_dump", bindir)
     pg_restore = find_program("pg_restore", bindir)
     dump = subprocess.Popen(
@@ -75,8 +126,7 @@ def export_to_database(source_dsn: str, target: TargetConfig, bindir: Path | Non
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     restore = subprocess.Popen(
-        [str(pg_restore), "--clean", "--if-exists", "--no-owner", "--no-privileges", "--exit-on-error",
-         "-d", target.dsn],
+        [str(pg_restore), "--no-owner", "--no-privileges", "--exit-on-error", "-d", target.dsn],
         stdin=dump.stdout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_libpq_env(target.password_env),
     )
     assert dump.stdout is not None
@@ -92,9 +142,11 @@ def export_to_database(source_dsn: str, target: TargetConfig, bindir: Path | Non
             _("{program} failed with exit status {status} while loading the masked copy: {stderr}").format(
                 program=failed, status=status, stderr=stderr.decode("utf-8", "replace").strip()[-2000:]
             ),
-            _("check that the target database exists and the configured user may create objects in it"),
+            _("the target database was emptied before the load; check that the configured user may create "
+              "objects in it and read the message above from the program"),
         )
-    return {"kind": "database", "seconds": round(time.monotonic() - started, 3)}
+    return {"kind": "database", "schemas_dropped": cleared["schemas_dropped"],
+            "seconds": round(time.monotonic() - started, 3)}
 
 
 def export_to_regions(config: Any, database: str, source_dsn: str, target: TargetConfig,

@@ -29,9 +29,11 @@ transformer guarantees a change kept its original value; no row with
 masked data was skipped; no masked e-mail or token equals any original value
 of the column; cédulas, RUCs and card numbers that were valid stay valid,
 e-mails stay e-mails and phone numbers keep their digit count; every
-foreign key and unique constraint over masked columns holds; and free text
+foreign key and unique constraint over masked columns holds; free text
 under ``redact`` contains no cédula, RUC, card number, e-mail or phone
-number (scanned in Python, streaming).
+number (scanned in Python, streaming); and no JSON document of any table
+still holds a personal-looking value that its row held before masking, at a
+path the policy names or not (:mod:`masking.json_leaves`).
 
 The result is a JSON-serialisable dict with ``outcome``: ``passed``,
 ``data_failed`` (a required check found rows) or ``check_broken`` (a check
@@ -50,6 +52,7 @@ from psycopg import sql
 
 from masking.catalog import WORK_SCHEMA
 from masking.engine import MaskingPlan, TablePlan, qualified, require_autocommit
+from masking import json_leaves
 from masking.identifiers import contains_identifier
 from masking.transformers import JsonRule, RedactRule, parse_json_path
 from resguardo.i18n import _
@@ -129,6 +132,8 @@ class Snapshot:
     salt: bytes = field(repr=False)
     leaves: dict[int, str] = field(default_factory=dict)
     row_counts: dict[int, int] = field(default_factory=dict)
+    # (leaf oid, column name) -> personal-looking JSON leaves recorded before masking.
+    json_leaves: dict[tuple[int, str], int] = field(default_factory=dict)
 
     @property
     def salt_sql(self) -> str:
@@ -163,6 +168,7 @@ def take_snapshot(conn: psycopg.Connection, plan: MaskingPlan) -> Snapshot:
     with conn.transaction(), conn.cursor() as cur:
         cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(WORK_SCHEMA)))
         cur.execute(SQL_FUNCTIONS)
+        cur.execute(json_leaves.SQL_FUNCTION)
         cur.execute(f"CREATE TABLE IF NOT EXISTS {WORK_SCHEMA}.anchor AS SELECT 1 AS one")
         for table in plan.tables:
             if not table.masked:
@@ -189,6 +195,12 @@ def take_snapshot(conn: psycopg.Connection, plan: MaskingPlan) -> Snapshot:
                 cur.execute(f"CREATE TABLE {before} AS SELECT {', '.join(select)} FROM ONLY {_table_sql(schema, name)}")
                 snapshot.leaves[leaf_oid] = f"{schema}.{name}"
                 snapshot.row_counts[leaf_oid] = cur.rowcount
+        for leaf_oid, schema, name, column, statement in json_leaves.snapshot_statements(
+            plan, lambda expression: _hash(snapshot, expression)
+        ):
+            cur.execute(f"DROP TABLE IF EXISTS {json_leaves.snapshot_table(leaf_oid, column)}")
+            cur.execute(statement)
+            snapshot.json_leaves[(leaf_oid, column.name)] = cur.rowcount
     log.info("proof.snapshot", extra={"leaves": len(snapshot.leaves), "seconds": round(time.monotonic() - started, 3)})
     return snapshot
 
@@ -209,6 +221,25 @@ def build_checks(plan: MaskingPlan, snapshot: Snapshot) -> list[Check]:
         for leaf_oid, schema, name in table.leaves:
             checks.extend(_leaf_checks(table, leaf_oid, schema, name, snapshot, anchor))
     checks.extend(_constraint_checks(plan, anchor))
+    checks.extend(_json_leaf_checks(plan, snapshot, anchor))
+    return checks
+
+
+def _json_leaf_checks(plan: MaskingPlan, snapshot: Snapshot, anchor: str) -> list[Check]:
+    # Every JSON column is checked, named in the policy or not: a path without a rule keeps its values.
+    masked_leaves = {leaf_oid for table in plan.tables if table.masked for leaf_oid, _s, _n in table.leaves}
+    checks = []
+    for table, column in json_leaves.checked_columns(plan):
+        for leaf in table.leaves:
+            leaf_oid, schema, name = leaf
+            if (leaf_oid, column.name) not in snapshot.json_leaves:
+                continue
+            label = f"{schema}.{name}"
+            checks.append(Check(
+                f"json_original_leaf:{label}.{column.name}", "json_original_leaf", label, column.name,
+                json_leaves.check_query(leaf, column, moved=leaf_oid in masked_leaves,
+                                        hash_of=lambda expression: _hash(snapshot, expression), anchor=anchor),
+            ))
     return checks
 
 

@@ -42,6 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Fiel
 from masking.identifiers import (
     DIGIT_RUN_PATTERN,
     EMAIL_PATTERN,
+    OBFUSCATED_EMAIL_PATTERN,
     PHONE_PATTERN,
     CardMasker,
     CedulaMasker,
@@ -560,10 +561,18 @@ class RedactTransformer(Transformer):
 def redact_text(text: str) -> str:
     """Replace cédulas, RUCs, card numbers, e-mails and Ecuadorian phone numbers in free text.
 
+    E-mails written with spaces around "@", "(at)", "[at]", " at ", "arroba",
+    "(dot)" or " punto " are replaced too (``OBFUSCATED_EMAIL_PATTERN``).
+    Other spellings, such as an address split over lines or spelled out
+    letter by letter, are not detected.
+
     >>> redact_text("CI 1714307103, correo ana@x.ec, cel 0991234567")
     'CI [CEDULA], correo [EMAIL], cel [TELEFONO]'
+    >>> redact_text("escribir a ana.p @ correo.ec o ana(at)x(dot)ec o ana arroba x punto ec")
+    'escribir a [EMAIL] o [EMAIL] o [EMAIL]'
     """
     text = EMAIL_PATTERN.sub("[EMAIL]", text)
+    text = OBFUSCATED_EMAIL_PATTERN.sub("[EMAIL]", text)
 
     def digit_run(match: re.Match[str]) -> str:
         digits = re.sub(r"\D", "", match.group(0))

@@ -267,3 +267,48 @@ def test_suppression_list_stores_no_cedula(tmp_path):
     assert SuppressionList.load(path, KEY).macs == {subject_mac(KEY, "1714307103")}
     with pytest.raises(KeyError_):
         SuppressionList.load(path, MaskingKey(b"z" * 32))
+
+
+@pytest.mark.parametrize("text", [
+    "escribir a cliente3.159211 @ correo.ec",
+    "escribir a CLIENTE3@CORREO.EC",
+    "correo ana(at)correo(dot)ec",
+    "correo ana [at] correo [dot] ec",
+    "correo ana {AT} correo.com.ec",
+    "correo ana at correo dot ec",
+    "correo ana arroba correo punto ec",
+])
+def test_redact_obfuscated_email(text):
+    redacted = redact_text(text)
+    assert redacted.endswith("[EMAIL]")
+    assert "correo.ec" not in redacted.lower()
+
+
+@pytest.mark.parametrize("text", ["llegó at Quito. Luego", "nos vemos at 5.30", "cita a las 10 @ agencia"])
+def test_redact_keeps_text_without_email(text):
+    assert redact_text(text) == text
+
+
+def test_redact_long_word_is_fast():
+    import time
+
+    started = time.monotonic()
+    redact_text("a" * 100_000)
+    assert time.monotonic() - started < 1.0
+
+
+def test_cli_masking_config_before_or_after_action():
+    import argparse
+
+    from masking.cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    after = parser.parse_args(["mask", "run", "demo", "--target", "qa", "--masking-config", "after.yaml"])
+    before = parser.parse_args(["mask", "--masking-config", "before.yaml", "run", "demo", "--target", "qa"])
+    absent = parser.parse_args(["mask", "run", "demo", "--target", "qa"])
+    nested = parser.parse_args(["mask", "suppress", "add", "demo", "--masking-config", "s.yaml"])
+    assert after.masking_config == "after.yaml"
+    assert before.masking_config == "before.yaml"
+    assert absent.masking_config is None
+    assert nested.masking_config == "s.yaml"

@@ -414,3 +414,60 @@ def test_worker_error_keeps_message_and_hint(conn):
     assert "masking table public.fechas failed: a value could not be transformed (ValueError)" in caught.value.message
     assert "ISO dates" in caught.value.hint
     assert conn.execute("SELECT count(*) FROM public.fechas WHERE texto = 'no es fecha'").fetchone()[0] == 1
+
+
+REFERRAL_SQL = (
+    "UPDATE public.clientes SET perfil = perfil || jsonb_build_object('referido', "
+    "jsonb_build_object('correo', 'referido' || id || '@correo.ec', 'ci', '1714307103')) WHERE id <= 3"
+)
+
+
+def test_proof_catches_personal_json_path_outside_policy(cluster, database, conn):
+    conn.execute(REFERRAL_SQL)
+    plan, snapshot, _report = mask(conn)
+    proof = run_proof(conn, cluster.uri(database), plan, snapshot, runner="sql")
+
+    assert proof["outcome"] == "data_failed"
+    assert proof["failed"] == ["json_original_leaf:public.clientes.perfil"]
+    checks = {c["name"]: c for c in proof["checks"]}
+    assert checks["json_original_leaf:public.clientes.perfil"]["unexpected_count"] == 3
+    assert "1714307103" not in str(proof)
+
+
+def test_proof_passes_when_json_path_masked(cluster, database, conn):
+    conn.execute(REFERRAL_SQL)
+    data = demo_policy_data()
+    paths = data["tables"]["public.clientes"]["columns"]["perfil"]["paths"]
+    paths["$.referido.correo"] = "email"
+    paths["$.referido.ci"] = "cedula"
+    plan, snapshot, _report = mask(conn, parse_policy(data))
+    proof = run_proof(conn, cluster.uri(database), plan, snapshot, runner="gx")
+
+    assert proof["outcome"] == "passed", proof["failed"] + proof["broken"]
+    assert "json_original_leaf:public.clientes.perfil" in {c["name"] for c in proof["checks"]}
+
+
+def test_gate_rejects_uncovered_json_path(conn):
+    conn.execute(REFERRAL_SQL)
+    policy = load_policy(POLICY_PATH)
+    plan = build_plan(conn, policy, KEY)
+    findings = discover(conn, sample_rows=200, catalog=plan.catalog)
+
+    with pytest.raises(PolicyError) as caught:
+        check_gate(policy, findings, plan.catalog)
+    message = caught.value.message
+    assert "public.clientes.perfil: JSON path $.referido.correo" in message
+    assert "public.clientes.perfil: JSON path $.referido.ci" in message
+    assert "$.contacto.email" not in message
+    assert "1714307103" not in message
+
+    proposal = yaml.safe_load(propose_policy(findings, "demo"))
+    proposed_paths = proposal["tables"]["public.clientes"]["columns"]["perfil"]["paths"]
+    assert proposed_paths["$.referido.correo"] == "email"
+    assert proposed_paths["$.referido.ci"] == "cedula"
+
+    data = demo_policy_data()
+    paths = data["tables"]["public.clientes"]["columns"]["perfil"]["paths"]
+    paths["$.referido.correo"] = "email"
+    paths["$.referido.ci"] = "cedula"
+    check_gate(parse_policy(data), findings, plan.catalog)

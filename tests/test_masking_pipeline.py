@@ -96,6 +96,26 @@ def test_refresh_loads_masked_copy_into_target(setup, demo_cluster):
     assert records[-1]["body"]["key_id"] == body["key_id"]
 
 
+def test_second_refresh_replaces_target(setup, demo_cluster):
+    config, directory = setup
+    first = run_masked_refresh(config, "demo", "qa", triggered_by="test")
+    assert first["export"]["kind"] == "database"
+    # An object left in the target since the last refresh must not survive the next one.
+    demo_cluster.psql("CREATE TABLE public.stale_copy (id int)", "qa")
+
+    second = run_masked_refresh(config, "demo", "qa", triggered_by="test")
+
+    assert second["proof"]["outcome"] == "passed"
+    assert second["export"]["schemas_dropped"] >= 2
+    with psycopg.connect(demo_cluster.dsn("qa")) as conn:
+        count = conn.execute("SELECT count(*) FROM public.clientes").fetchone()[0]
+        partitions = conn.execute("SELECT count(*) FROM public.movimientos_2026").fetchone()[0]
+        stale = conn.execute("SELECT to_regclass('public.stale_copy')").fetchone()[0]
+    assert count == 149
+    assert partitions > 0
+    assert stale is None
+
+
 def test_refresh_to_encrypted_dump(setup):
     config, directory = setup
     body = run_masked_refresh(config, "demo", "vault", triggered_by="test")
@@ -120,6 +140,26 @@ def test_refresh_rejects_uncovered_column_and_records_failure(setup, demo_cluste
             assert conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'").fetchone()[0] == 0
     finally:
         demo_cluster.psql("ALTER TABLE public.clientes DROP COLUMN IF EXISTS apodo", "demo")
+
+
+def test_refresh_rejects_unlisted_json_path(setup, demo_cluster):
+    config, directory = setup
+    demo_cluster.psql(
+        "UPDATE public.clientes SET perfil = perfil || jsonb_build_object('referido', jsonb_build_object("
+        "'correo', 'referido' || id || '@correo.ec', 'ci', '1714307103')) WHERE id IN (5, 6, 7)", "demo")
+    from backup.logical import run_logical_backup
+
+    try:
+        backup_id = run_logical_backup(config, "demo").backup_id
+        with pytest.raises(PolicyError) as caught:
+            run_masked_refresh(config, "demo", "qa", backup_id=backup_id, triggered_by="test")
+        assert "public.clientes.perfil: JSON path $.referido.ci" in caught.value.message
+        assert "public.clientes.perfil: JSON path $.referido.correo" in caught.value.message
+        records = [r for r in evidence_records(directory) if r["kind"] == "masking"]
+        assert records[-1]["outcome"] == "failed"
+        assert "1714307103" not in json.dumps(records[-1], ensure_ascii=False)
+    finally:
+        demo_cluster.psql("UPDATE public.clientes SET perfil = perfil - 'referido'", "demo")
 
 
 def test_cli_keygen_suppress_and_discover(setup, demo_cluster, capsys, monkeypatch):
@@ -166,3 +206,15 @@ def test_dag_registers_one_dag_per_target(setup):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "['resguardo_masking_demo_qa', 'resguardo_masking_demo_vault']" in result.stdout
     assert "Refresco enmascarado" in result.stdout
+
+
+def test_clear_target_failure_names_database(demo_cluster):
+    from masking.config import TargetConfig
+    from masking.errors import MaskingError
+    from masking.pipeline import clear_target_database
+
+    with pytest.raises(MaskingError) as caught:
+        clear_target_database(TargetConfig(dsn=demo_cluster.dsn("no_such_target")))
+    assert "emptying the target database before the load failed" in caught.value.message
+    assert "no_such_target" in caught.value.message
+    assert "was not changed" in caught.value.hint
