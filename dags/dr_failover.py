@@ -78,6 +78,9 @@ def _failover_dag(databases: list[str]) -> DAG:
             "accept_data_loss": Param(False, type="boolean", title=doc("Accept data loss"),
                                       description=doc("Promote even if the standby may lack more commits than the "
                                                       "RPO target. Needs authorisation.")),
+            "accept_unarchived": Param(False, type="boolean", title=doc("Accept no WAL archiving"),
+                                       description=doc("Promote even if the standby does not archive WAL through "
+                                                       "'resguardo wal-push'. Needs authorisation.")),
         },
     ) as dag:
 
@@ -115,6 +118,7 @@ def _failover_dag(databases: list[str]) -> DAG:
             try:
                 run = begin(load_config(), params["database"], reason=params["reason"],
                             confirmation=params["confirmation"], accept_data_loss=bool(params["accept_data_loss"]),
+                            accept_unarchived=bool(params.get("accept_unarchived", False)),
                             requested_by=_requested_by(context), run_type=_run_type(context))
             except ResguardoError as error:
                 raise AirflowFailException(error.render()) from error
@@ -123,8 +127,10 @@ def _failover_dag(databases: list[str]) -> DAG:
         @task(doc_md=doc("Writes the signed evidence record with the measured RTO and RPO, "
                          "then alerts the DR channel."))
         def record_evidence(run: dict) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
             from drills.alerting import AlertError, post_alert
-            from drills.failover import FailoverRun, alert_text, finish
+            from drills.failover import OUTCOME_STEP_FAILED, FailoverRun, alert_text, finish, outcome_label
 
             state = FailoverRun.from_dict(run)
             topology = _topology(state.database)
@@ -134,6 +140,10 @@ def _failover_dag(databases: list[str]) -> DAG:
                 post_alert(alert_text(state, topology))
             except AlertError as error:
                 print(error.render())
+            # Clients already use the new primary, but the run must not show
+            # green while the new timeline has no base backup.
+            if state.outcome == OUTCOME_STEP_FAILED:
+                raise AirflowFailException(outcome_label(state.outcome) + ": " + "; ".join(state.findings))
             return state.to_dict()
 
         run = check_request()

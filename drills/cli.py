@@ -4,7 +4,9 @@ Each handler takes the parsed arguments (``args.config`` is the loaded
 configuration) and returns the exit status. It is 0 on success and 8 when a
 rehearsal ran but missed a target or failed validation. Errors return their
 ``exit_status``: 12 for a failover rejected before any change, 13 for a
-failed failover step, 14 for a failed failback step.
+failed failover step, 14 for a failed failback step. A failover whose clients
+reach the new primary but whose base backup on the new timeline failed
+returns 15, also when it is the switchover of a failback.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from drills.display import format_number, format_word
+from drills.display import format_bytes, format_duration, format_number, format_word
 from resguardo.i18n import _
+
+
+EXIT_STEP_FAILED = 15
 
 
 def _print(text: str = "") -> None:
@@ -36,6 +41,9 @@ def register(subparsers: Any) -> None:
     rehearse.add_argument("--format", choices=("text", "markdown", "json"), default="text",
                           help=_("report format (default: text)"))
     rehearse.add_argument("--output", help=_("write the report to this file instead of standard output"))
+    rehearse.add_argument("--wal-fetch-command", metavar="COMMAND",
+                          help=_("command that the copy's restore_command runs in place of the resguardo executable "
+                                 "(storage scenario; default: resguardo next to this Python or on PATH)"))
     rehearse.add_argument("--keep", action="store_true",
                           help=_("leave the rebuilt copy running for inspection; delete it by hand afterwards"))
     rehearse.set_defaults(handler=cmd_rehearse)
@@ -54,6 +62,9 @@ def register(subparsers: Any) -> None:
                           help=_("type FAILOVER to confirm"))
     failover.add_argument("--accept-data-loss", action="store_true",
                           help=_("proceed even when the standby may lack more commits than the RPO target"))
+    failover.add_argument("--accept-unarchived", action="store_true",
+                          help=_("proceed even when the standby does not archive WAL through 'resguardo wal-push' "
+                                 "(archive_mode off or another archive_command)"))
     failover.set_defaults(handler=cmd_failover)
 
     failback = subparsers.add_parser(
@@ -84,7 +95,9 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     from drills.report import render_rehearsal
 
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
-    results = run_rehearsal(args.config, args.database, scenarios=scenarios, keep=args.keep)
+    pitr_options = {"wal_fetch_command": args.wal_fetch_command} if args.wal_fetch_command else None
+    results = run_rehearsal(args.config, args.database, scenarios=scenarios, keep=args.keep,
+                            pitr_options=pitr_options)
     if args.format == "json":
         _write(json.dumps([r.to_dict() for r in results], indent=2, ensure_ascii=False, default=str), args.output)
     else:
@@ -142,9 +155,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         _print(_("WARNING: {text}").format(text=warning))
     if state["exposure"]:
         exposure = state["exposure"]
-        _print(_("Standby exposure: commits of the last {seconds} seconds, {bytes} bytes of WAL behind "
-                 "(method {method}); RPO target {target} s").format(
-            seconds=format_number(exposure["seconds"]), bytes=format_number(exposure["lag_bytes"]),
+        _print(_("Standby exposure: {exposure}; WAL behind: {bytes} (method {method}); RPO target {target} s").format(
+            exposure=format_duration(exposure["seconds"]), bytes=format_bytes(exposure["lag_bytes"]),
             method=exposure["method"], target=topology.rpo_target_seconds))
     if state["router_target"]:
         _print(_("Router sends clients to {target}").format(target=state["router_target"]))
@@ -157,8 +169,8 @@ def _print_failover(run) -> None:
     _print(_("{kind} {outcome}: new primary {node}, timeline {timeline}").format(
         kind=kind_label(run.kind), outcome=outcome_label(run.outcome), node=run.new_primary,
         timeline=format_number(run.promote.get("timeline"))))
-    _print(_("Measured RTO: {rto} seconds. RPO: {rpo} seconds (method {method})").format(
-        rto=format_number(run.rto_seconds), rpo=format_number(run.rpo_seconds),
+    _print(_("Measured RTO: {rto}. RPO: {rpo} (method {method})").format(
+        rto=format_duration(run.rto_seconds), rpo=format_duration(run.rpo_seconds),
         method=format_word(run.rpo_method)))
     for step in run.steps:
         _print(f"  {step['name']:<14} {step['seconds']:>9.3f} s  {step['outcome']}")
@@ -172,10 +184,12 @@ def _print_failover(run) -> None:
 def cmd_failover(args: argparse.Namespace) -> int:
     from drills.failover import run_failover
 
+    from drills.failover import OUTCOME_STEP_FAILED
+
     run = run_failover(args.config, args.database, reason=args.reason, confirmation=args.confirm,
-                       accept_data_loss=args.accept_data_loss)
+                       accept_data_loss=args.accept_data_loss, accept_unarchived=args.accept_unarchived)
     _print_failover(run)
-    return 0
+    return EXIT_STEP_FAILED if run.outcome == OUTCOME_STEP_FAILED else 0
 
 
 def cmd_failback(args: argparse.Namespace) -> int:
@@ -192,11 +206,15 @@ def cmd_failback(args: argparse.Namespace) -> int:
     if run.switchover:
         from drills.failover import outcome_label
 
-        _print(_("Switchover {outcome}: the configured primary takes writes again (RPO {rpo} s)").format(
-            outcome=outcome_label(run.switchover["outcome"]), rpo=run.switchover["rpo_seconds"]))
+        _print(_("Switchover {outcome}: the configured primary takes writes again (RPO {rpo})").format(
+            outcome=outcome_label(run.switchover["outcome"]), rpo=format_duration(run.switchover["rpo_seconds"])))
     for finding in run.findings:
         _print(_("FINDING: {text}").format(text=finding))
     if run.evidence:
         _print(_("Evidence record {sequence} ({record_id})").format(
             sequence=run.evidence["sequence"], record_id=run.evidence["record_id"]))
+    from drills.failover import OUTCOME_STEP_FAILED
+
+    if run.switchover and run.switchover["outcome"] == OUTCOME_STEP_FAILED:
+        return EXIT_STEP_FAILED
     return 0

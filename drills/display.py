@@ -8,6 +8,10 @@ exposure of a standby that never heard from an unreachable primary. Writing
 '1.2'
 >>> format_number(960)
 '960'
+>>> format_duration(12.34)
+'12.3 s'
+>>> format_bytes(960)
+'960 bytes'
 """
 
 from __future__ import annotations
@@ -22,6 +26,16 @@ def format_number(value: float | int | None, digits: int | None = None) -> str:
     if digits is not None:
         return f"{value:.{digits}f}"
     return str(value)
+
+
+def format_duration(value: float | None) -> str:
+    """Return seconds as ``"12.3 s"``, or the translated word "unknown"."""
+    return _("unknown") if value is None else f"{value:.1f} s"
+
+
+def format_bytes(value: int | None) -> str:
+    """Return a byte count as ``"960 bytes"``, or the translated word "unknown"."""
+    return _("unknown") if value is None else _("{count} bytes").format(count=value)
 
 
 def format_word(value: str | None) -> str:

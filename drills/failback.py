@@ -6,7 +6,10 @@ makes it an exact streaming standby of the new primary again:
 
 - ``rewind``: ``pg_rewind`` copies only the blocks changed since the timelines
   diverged. It needs ``wal_log_hints = on`` or data checksums on the old
-  primary, and the new primary's WAL back to the divergence point.
+  primary, and the old primary's WAL back to the divergence point. When
+  point-in-time recovery is enabled, ``--restore-target-wal`` lets it fetch
+  WAL that the old primary already recycled from the archive, through a
+  temporary ``restore_command`` that runs ``resguardo wal-fetch``.
 - ``clone``: a fresh ``pg_basebackup`` of the new primary. The old data
   directory is renamed to ``<dir>.pre-rebuild-<UTC time>`` and kept, because
   it may contain the only copy of transactions lost in the failover. Delete
@@ -145,6 +148,34 @@ def _single_user_recovery(data_dir: Path, bindir: Path | None) -> None:
         )
 
 
+def rewind_restore_command(config: ResguardoConfig, database: str) -> str | None:
+    """Return the ``restore_command`` that lets pg_rewind fetch archived WAL, or None without an archive.
+
+    None when point-in-time recovery is disabled, the configuration was not
+    loaded from a file (``wal-fetch`` needs its path) or the ``resguardo``
+    executable is not found.
+    """
+    if not config.database(database).pitr.enabled or config.config_file is None:
+        return None
+    from restore.pitr import resguardo_command, restore_command_for
+
+    try:
+        command = resguardo_command()
+    except ConfigError as error:
+        log.warning("drills.rebuild.no_wal_fetch", extra={"database": database, "error": error.message})
+        return None
+    return restore_command_for(command, database, Path(config.config_file).resolve())
+
+
+def _append_auto_conf(data_dir: Path, settings: dict[str, str], owner: tuple[int, int]) -> None:
+    auto_conf = data_dir / "postgresql.auto.conf"
+    text = auto_conf.read_text(encoding="utf-8") if auto_conf.exists() else ""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    text += "".join(f"{key} = {quote_setting(value)}\n" for key, value in settings.items())
+    _write_owned(auto_conf, text.encode("utf-8"), owner)
+
+
 def _require_local_data_dir(node: Node) -> Path:
     if node.data_dir is None or not (node.data_dir / "PG_VERSION").is_file():
         key = "dr.primary_data_dir" if node.label == "primary" else "dr.standby.data_dir"
@@ -232,9 +263,17 @@ def rebuild_standby(config: ResguardoConfig, topology: Topology, node_label: str
                     # reports "no rewind required".
                     with source.connect(timeout=10) as conn:
                         conn.execute("CHECKPOINT")
+                    arguments = [str(find_program("pg_rewind", bindir)), f"--target-pgdata={data_dir}",
+                                 f"--source-server={source.conninfo()}"]
+                    restore_command = rewind_restore_command(config, topology.database)
+                    if restore_command is not None:
+                        # The saved postgresql.auto.conf is written back in the
+                        # configure step, which removes this temporary line.
+                        _append_auto_conf(data_dir, {"restore_command": restore_command}, owner)
+                        arguments.append("--restore-target-wal")
+                    detail["restore_target_wal"] = restore_command is not None
                     result = run_checked(
-                        [str(find_program("pg_rewind", bindir)), f"--target-pgdata={data_dir}",
-                         f"--source-server={source.conninfo()}"],
+                        arguments,
                         what="pg_rewind", as_server_user=True, timeout=TOOL_TIMEOUT_SECONDS,
                         env=source.subprocess_env(),
                     )

@@ -7,8 +7,13 @@ takes and returns a :class:`FailoverRun`, so the CLI calls them in a row and
 the Airflow DAG runs each as its own task:
 
 1. ``preflight``: the new primary-to-be is a reachable standby of the same
-   cluster, its data-loss exposure is within the RPO target (or the request
-   accepts data loss), and the storage regions hold a base backup and WAL.
+   cluster, and its data-loss exposure is within the RPO target (or the
+   request accepts data loss). With point-in-time recovery enabled, it must
+   archive WAL through ``resguardo wal-push`` (or the request accepts no
+   archiving), and the storage regions should hold a base backup and WAL.
+   A standby that is already a primary is rejected, unless the old primary
+   is unreachable and was neither fenced by an earlier run nor rebuilt as a
+   standby.
 2. ``fence``: the old primary stops accepting writes (:mod:`drills.fencing`).
 3. ``promote``: wait until the standby has received the old primary's last
    WAL (when the old primary was reachable), then ``pg_promote(wait => true)``.
@@ -17,8 +22,9 @@ the Airflow DAG runs each as its own task:
    server that took it must be the new primary.
 6. ``smoke_checks``: :mod:`drills.validation` on the new primary. The
    measured RTO ends here.
-7. ``base_backup``: a first base backup on the new timeline, when the base
-   backup engine is installed.
+7. ``base_backup``: a first base backup on the new timeline, when
+   point-in-time recovery is enabled. When it fails the run still switches
+   clients but ends as ``completed_with_failed_step``.
 8. ``finish``: measured RTO and RPO against the targets, and a signed
    evidence record (kind ``failover``), whatever the outcome.
 
@@ -47,7 +53,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from drills import records
-from drills.display import format_number, format_word
+from drills.display import format_bytes, format_duration, format_number, format_word
 from drills.fencing import fence_node, read_fence_marker, unfence_node
 from drills.router import open_router
 from drills.storage_status import storage_status
@@ -80,6 +86,10 @@ CATCHUP_TIMEOUT_SECONDS = 30
 PROMOTE_TIMEOUT_SECONDS = 120
 PROBE_TIMEOUT_SECONDS = 60
 
+# Clients reach the new primary, but its first base backup failed, so it is
+# not yet protected by a restorable backup on the new timeline.
+OUTCOME_STEP_FAILED = "completed_with_failed_step"
+
 
 class FailoverRejected(ResguardoError):
     """A failover request or its preflight was rejected; nothing was changed."""
@@ -106,6 +116,8 @@ class FailoverRun:
     requested_by: str
     accept_data_loss: bool
     started_at: str
+    # Proceed although the new primary-to-be will not archive WAL through Resguardo.
+    accept_unarchived: bool = False
     steps: list[dict[str, Any]] = field(default_factory=list)
     preflight: dict[str, Any] = field(default_factory=dict)
     fence: dict[str, Any] = field(default_factory=dict)
@@ -177,7 +189,8 @@ def check_request(*, reason: str, confirmation: str, expected_word: str = CONFIR
 
 
 def begin(config: ResguardoConfig, database: str, *, reason: str, confirmation: str, accept_data_loss: bool = False,
-          requested_by: str | None = None, run_type: str = "manual", kind: str = KIND_FAILOVER) -> FailoverRun:
+          requested_by: str | None = None, run_type: str = "manual", kind: str = KIND_FAILOVER,
+          accept_unarchived: bool = False) -> FailoverRun:
     """Check the request and return a new run; nothing on any server changes."""
     config.database(database)
     require_manual_run(run_type)
@@ -195,10 +208,11 @@ def begin(config: ResguardoConfig, database: str, *, reason: str, confirmation: 
         # A switchover is planned: it never accepts losing data.
         accept_data_loss=bool(accept_data_loss) and kind == KIND_FAILOVER,
         started_at=iso(utc_now()),
+        accept_unarchived=bool(accept_unarchived),
     )
     log.info("drills.failover.begin",
              extra={"run_id": run.run_id, "database": database, "kind": kind, "requested_by": run.requested_by,
-                    "accept_data_loss": run.accept_data_loss})
+                    "accept_data_loss": run.accept_data_loss, "accept_unarchived": run.accept_unarchived})
     return run
 
 
@@ -274,19 +288,20 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
             )
         if too_far and run.kind == KIND_FAILOVER and not run.accept_data_loss:
             raise FailoverRejected(
-                _("the standby may lack commits of the last {seconds} seconds ({bytes} bytes of WAL, "
-                  "measured by {method}), more than the RPO target of {target} s").format(
-                    seconds=format_number(exposure.seconds, 1), bytes=format_number(exposure.lag_bytes),
+                _("the standby may lack more commits than the RPO target of {target} s allows: "
+                  "exposure {exposure}, WAL behind {bytes}, measured by {method}").format(
+                    exposure=format_duration(exposure.seconds), bytes=format_bytes(exposure.lag_bytes),
                     method=exposure.method, target=topology.rpo_target_seconds,
                 ),
                 _("wait for the standby to catch up, or run again accepting data loss "
                   "(--accept-data-loss / accept_data_loss) once the loss is authorised"),
             )
         if too_far and run.kind == KIND_FAILOVER:
-            run.findings.append(_("data loss accepted by the request: exposure of {seconds} seconds, "
-                                  "over the RPO target").format(seconds=format_number(exposure.seconds, 1)))
+            run.findings.append(_("data loss accepted by the request: exposure {exposure}, over the RPO "
+                                  "target").format(exposure=format_duration(exposure.seconds)))
 
         if config.database(run.database).pitr.enabled:
+            _check_archiving(run, new, new_state)
             status = storage_status(
                 config, run.database,
                 system_identifier=new_state.system_identifier, timeline=new_state.timeline, lsn=new_state.lsn,
@@ -306,6 +321,34 @@ def preflight(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> 
                 run.findings.append(_("the router sends clients to {target}, which is neither node").format(
                     target=current))
     return run
+
+
+def _check_archiving(run: FailoverRun, new, new_state) -> None:
+    """Reject the switch when the new primary-to-be will not archive WAL through Resguardo.
+
+    Without archiving, no WAL of the new timeline reaches the storage regions,
+    so the base backup on the new timeline fails and point-in-time recovery
+    stops at the switch. ``accept_unarchived`` turns the rejection into a finding.
+    """
+    archive_on = new_state.archive_mode in ("on", "always")
+    if archive_on and new_state.archive_command_resguardo:
+        return
+    problem = (_("archive_mode is {mode} on {node}").format(mode=format_word(new_state.archive_mode), node=new.label)
+               if not archive_on else
+               _("the archive_command of {node} does not run 'resguardo wal-push'").format(node=new.label))
+    run.preflight["archiving"] = {"archive_mode": new_state.archive_mode,
+                                  "archive_command_resguardo": new_state.archive_command_resguardo}
+    if run.accept_unarchived:
+        run.findings.append(_("{problem}: WAL of the new timeline will not be archived (accepted by the "
+                              "request)").format(problem=problem))
+        return
+    raise FailoverRejected(
+        _("{problem}, so after the switch no WAL of the new timeline would reach the storage regions and "
+          "point-in-time recovery would stop at the switch").format(problem=problem),
+        _("set archive_mode = on (or always) and archive_command = 'resguardo wal-push %p --db {database} "
+          "--config ...' on {node}, restart it, and run again; or run again with --accept-unarchived "
+          "(accept_unarchived) once this is authorised").format(database=run.database, node=new.label),
+    )
 
 
 def _check_already_primary(topology: Topology, run: FailoverRun, new, old, new_state, old_state) -> None:
@@ -606,8 +649,9 @@ def smoke_checks(config: ResguardoConfig, topology: Topology, run: FailoverRun) 
 def base_backup(config: ResguardoConfig, topology: Topology, run: FailoverRun) -> FailoverRun:
     """Take a base backup of the new primary on its new timeline; a failure becomes a finding.
 
-    The failover has already succeeded when this runs, so a failed backup is
-    recorded (step ``failed``, a finding) instead of failing the run.
+    Clients already reach the new primary when this runs, so a failed backup
+    does not raise: it is recorded (step ``failed``, a finding) and
+    :func:`finish` sets the outcome ``completed_with_failed_step``.
     """
     new = topology.node(run.new_primary)
     if not config.database(run.database).pitr.enabled:
@@ -638,11 +682,13 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
         run.findings.append(_("RTO target missed: {measured} s measured, target {target} s").format(
             measured=run.rto_seconds, target=topology.rto_target_seconds))
     if completed and not rpo_met:
-        run.findings.append(_("RPO target missed: {measured} seconds measured, target {target} s").format(
-            measured=format_number(run.rpo_seconds), target=topology.rpo_target_seconds))
+        run.findings.append(_("RPO target missed: measured {measured}, target {target} s").format(
+            measured=format_duration(run.rpo_seconds), target=topology.rpo_target_seconds))
 
     # Only the preflight runs before the first change to a server.
-    if completed:
+    if completed and run.base_backup.get("error"):
+        run.outcome = OUTCOME_STEP_FAILED
+    elif completed:
         run.outcome = "completed"
     elif {step["name"] for step in run.steps} <= {"preflight"}:
         run.outcome = "rejected"
@@ -659,7 +705,8 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
                "new_primary": run.new_primary, "timeline": run.promote.get("timeline")}
     kind = records.KIND_FAILOVER if run.kind == KIND_FAILOVER else records.KIND_FAILBACK
 
-    run.evidence = records.append_record(config, kind, run.database, subject, completed and rto_met and rpo_met, body)
+    passed = run.outcome == "completed" and rto_met and rpo_met
+    run.evidence = records.append_record(config, kind, run.database, subject, passed, body)
     log.info("drills.failover.finish",
              extra={"run_id": run.run_id, "outcome": run.outcome, "rto_seconds": run.rto_seconds,
                     "rpo_seconds": run.rpo_seconds, "rpo_method": run.rpo_method,
@@ -668,8 +715,10 @@ def finish(config: ResguardoConfig, topology: Topology, run: FailoverRun, *, err
 
 
 def outcome_label(outcome: str | None) -> str:
-    """Return the translated name of a run outcome (``completed``, ``failed``, ``rejected``)."""
-    labels = {"completed": _("completed"), "failed": _("did not complete"), "rejected": _("rejected")}
+    """Return the translated name of a run outcome (``completed``, ``completed_with_failed_step``, ``failed``,
+    ``rejected``)."""
+    labels = {"completed": _("completed"), "failed": _("did not complete"), "rejected": _("rejected"),
+              OUTCOME_STEP_FAILED: _("completed with a failed step (base backup on the new timeline)")}
     return labels.get(outcome or "", format_word(outcome))
 
 
@@ -687,10 +736,10 @@ def alert_text(run: FailoverRun, topology: Topology) -> str:
     facts = {
         _("run"): run.run_id,
         _("new primary"): run.new_primary,
-        _("RTO"): _("{measured} seconds (target {target} s)").format(
-            measured=format_number(run.rto_seconds), target=topology.rto_target_seconds),
-        _("RPO"): _("{measured} seconds by {method} (target {target} s)").format(
-            measured=format_number(run.rpo_seconds), method=format_word(run.rpo_method),
+        _("RTO"): _("{measured} (target {target} s)").format(
+            measured=format_duration(run.rto_seconds), target=topology.rto_target_seconds),
+        _("RPO"): _("{measured} by {method} (target {target} s)").format(
+            measured=format_duration(run.rpo_seconds), method=format_word(run.rpo_method),
             target=topology.rpo_target_seconds),
     }
     if run.evidence:
@@ -720,7 +769,7 @@ def run_step(config: ResguardoConfig, topology: Topology, run: FailoverRun, name
 
 
 def run_failover(config: ResguardoConfig, database: str, *, reason: str, confirmation: str,
-                 accept_data_loss: bool = False, requested_by: str | None = None,
+                 accept_data_loss: bool = False, accept_unarchived: bool = False, requested_by: str | None = None,
                  kind: str = KIND_FAILOVER, topology: Topology | None = None,
                  notify: bool = True) -> FailoverRun:
     """Run every step in order, record evidence whatever happens, and alert the DR channel.
@@ -732,7 +781,7 @@ def run_failover(config: ResguardoConfig, database: str, *, reason: str, confirm
     from a later step.
     """
     run = begin(config, database, reason=reason, confirmation=confirmation, accept_data_loss=accept_data_loss,
-                requested_by=requested_by, kind=kind)
+                requested_by=requested_by, kind=kind, accept_unarchived=accept_unarchived)
     topology = topology or _load_topology(config, database)
     try:
         for name, _function in STEPS:

@@ -51,13 +51,14 @@ import datetime as dt
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from drills import records
-from drills.display import format_number
+from drills.display import format_duration, format_word
 from drills.timeline import OUTCOME_FAILED, OUTCOME_OK, Step, Timeline, iso, utc_now
 from drills.topology import DR_SCHEMA, Node, Topology, load_topology, parse_lsn, parse_time, probe
 from drills.validation import reference_structure, suite_dir_for, validate_database
@@ -111,6 +112,9 @@ class RehearsalResult:
     lost_bytes: int | None = None
     validation: dict[str, Any] = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
+    # Per timeline (as a string), WAL segments missing from the archive
+    # (storage scenario only; at most 20 names per timeline).
+    archive_gaps: dict[str, list[str]] = field(default_factory=dict)
     error: str | None = None
     evidence: dict[str, Any] | None = None
 
@@ -126,7 +130,7 @@ class RehearsalResult:
     def passed(self) -> bool:
         steps_ok = bool(self.steps) and all(step["outcome"] == OUTCOME_OK for step in self.steps)
         return (self.error is None and steps_ok and bool(self.validation.get("success"))
-                and self.rto_met and self.rpo_met)
+                and self.rto_met and self.rpo_met and not self.archive_gaps)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -366,6 +370,12 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
     topology = topology or load_topology(config, database)
     bindir = config.resolve(config.postgres_bindir)
     result = _new_result(topology, database, SCENARIO_STORAGE, run_id)
+    pitr_options = dict(pitr_options or {})
+    # wal-fetch in the copy's restore_command must read the configuration
+    # this rehearsal was started with, not whatever file the working
+    # directory holds.
+    if pitr_options.get("config_file") is None and config.config_file is not None:
+        pitr_options["config_file"] = Path(config.config_file).resolve()
     timeline = Timeline()
     scratch = None
     dbname = _dbname(topology.primary)
@@ -386,7 +396,7 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
         try:
             # The rehearsal writes its own evidence record, which contains this report.
             report = restore_pitr(config, database, scratch=scratch, promote=True, record_evidence=False,
-                                  **(pitr_options or {}))
+                                  **pitr_options)
         except ResguardoError as error:
             timeline.steps.extend(_pitr_steps(call_started_at, time.monotonic() - call_started, {}, error.message))
             raise
@@ -419,7 +429,38 @@ def rehearse_storage(config: ResguardoConfig, database: str, *, topology: Topolo
         result.steps = timeline.to_list()
         if scratch is not None and not keep:
             scratch.destroy()
+    result.archive_gaps, gap_findings = check_archive_gaps(config, database, topology.primary, context)
+    result.findings.extend(gap_findings)
     return _conclude(config, result)
+
+
+def check_archive_gaps(config: ResguardoConfig, database: str, primary: Node,
+                       context: dict[str, Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """Return the WAL segments missing from the archive per timeline, and one finding per timeline.
+
+    Recovery from storage stops at the first missing segment, so a gap
+    explains a missed RPO target or a copy without recent commits, and a
+    rehearsal with a gap does not pass. The check is
+    :func:`backup.wal_health.check_archive`; its other problems (lag,
+    regions) are left to ``resguardo archive-check``.
+    """
+    try:
+        from backup.wal_health import check_archive
+
+        report = check_archive(config, database, dsn=primary.dsn, password=primary.password)
+    except (ImportError, ResguardoError) as error:
+        message = getattr(error, "message", str(error))
+        log.warning("drills.rehearsal.archive_check_failed", extra={**context, "error": message})
+        return {}, [_("the WAL archive could not be checked for missing segments: {error}").format(error=message)]
+    gaps = {str(timeline): list(names) for timeline, names in (report.archive or {}).get("gaps", {}).items()}
+    findings = []
+    for timeline, names in sorted(gaps.items()):
+        # check_archive lists at most 20 missing names per timeline.
+        findings.append(_("the WAL archive lacks these segments of timeline {timeline}: {names}; recovery from "
+                          "storage stops before the first of them").format(timeline=timeline, names=", ".join(names)))
+    if gaps:
+        log.warning("drills.rehearsal.archive_gaps", extra={**context, "gaps": gaps})
+    return gaps, findings
 
 
 def _pitr_steps(started_at: dt.datetime, wall_seconds: float, timings: dict[str, float],
@@ -493,12 +534,16 @@ def _new_result(topology: Topology, database: str, scenario: str, run_id: str | 
 
 
 def _conclude(config: ResguardoConfig, result: RehearsalResult) -> RehearsalResult:
+    if result.error is not None:
+        failed = [step["name"] for step in result.steps if step["outcome"] == OUTCOME_FAILED]
+        result.findings.insert(0, _("the rehearsal stopped at step {step}: {error}").format(
+            step=failed[0] if failed else format_word(None), error=result.error))
     if result.rto_seconds is not None and not result.rto_met:
         result.findings.append(_("RTO target missed: {measured} s measured, target {target} s").format(
             measured=result.rto_seconds, target=result.rto_target_seconds))
     if result.error is None and not result.rpo_met:
-        result.findings.append(_("RPO target missed: {measured} seconds measured, target {target} s").format(
-            measured=format_number(result.rpo_seconds), target=result.rpo_target_seconds))
+        result.findings.append(_("RPO target missed: measured {measured}, target {target} s").format(
+            measured=format_duration(result.rpo_seconds), target=result.rpo_target_seconds))
     body = result.to_dict()
     body.pop("evidence", None)
     subject = {"run_id": result.run_id, "scenario": result.scenario,

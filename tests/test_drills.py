@@ -319,6 +319,37 @@ def test_failover_rejects_lagging_standby(lab):
     assert rejected["body"]["run"]["preflight"]["exposure"]["method"] == "commit_timestamps"
 
 
+def test_failover_rejects_standby_without_archiving(lab, monkeypatch):
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+    data = yaml.safe_load(lab.config_file.read_text(encoding="utf-8"))
+    data["databases"]["core"]["pitr"] = {"enabled": True}
+    config = parse_config(data, lab.base)
+
+    with pytest.raises(failover.FailoverRejected) as caught:
+        failover.run_failover(config, "core", reason="standby without WAL archiving", confirmation="FAILOVER",
+                              notify=False)
+
+    assert caught.value.exit_status == 12
+    assert "archive_mode is off on standby" in caught.value.message
+    assert "--accept-unarchived" in caught.value.hint
+    assert probe(load_topology(lab.config, "core").standby).role == "standby"
+    assert lab.primary.psql("SELECT current_setting('default_transaction_read_only')", dbname="core") == "off"
+
+
+def test_finish_marks_failed_base_backup(lab):
+    topology = load_topology(lab.config, "core")
+    run = failover.begin(lab.config, "core", reason="finish with a failed base backup", confirmation="FAILOVER")
+    run.steps = [{"name": "preflight", "outcome": "ok"}, {"name": "base_backup", "outcome": "failed"}]
+    run.rto_seconds, run.rpo_seconds = 1.0, 0.0
+    run.base_backup = {"error": "archive_mode is off"}
+
+    failover.finish(lab.config, topology, run)
+
+    assert run.outcome == failover.OUTCOME_STEP_FAILED
+    stored = [r for r in evidence_records(lab.config, "failover") if r["subject"]["run_id"] == run.run_id]
+    assert stored[0]["outcome"] == "failed"
+
+
 # -- failover under load --------------------------------------------------------------
 
 
@@ -400,6 +431,34 @@ def test_failover_under_write_load(lab):
     assert stored[0]["subject"]["timeline"] == 2
 
 
+def test_cli_status_warns_fenced_second_primary(lab, capsys, monkeypatch, cli_logging):
+    from resguardo.cli import main
+
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+    status = main(["--config", str(lab.config_file), "dr", "status", "core"])
+
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "primary (primary): primary fenced read-only" in output
+    assert "WARNING: both nodes are primaries; primary is fenced read-only and only standby accepts writes" in output
+    assert "?" not in output
+
+
+def test_repeated_failover_with_fenced_old_primary_rejected(lab, monkeypatch):
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+    marker_before = (lab.primary.data_dir / "resguardo.fenced").read_text(encoding="utf-8")
+
+    with pytest.raises(failover.FailoverRejected) as caught:
+        failover.run_failover(lab.config, "core", reason="second failover after the first", confirmation="FAILOVER",
+                              notify=False)
+
+    assert caught.value.exit_status == 12
+    assert "already happened" in caught.value.message
+    assert "split brain" not in caught.value.message
+    assert (lab.primary.data_dir / "resguardo.fenced").read_text(encoding="utf-8") == marker_before
+    assert probe(load_topology(lab.config, "core").standby).accepts_writes
+
+
 def test_fenced_old_primary_rejects_writes_after_restart(lab):
     lab.primary.stop("fast")
     lab.primary.start()
@@ -434,6 +493,26 @@ def test_failback_rewinds_old_primary_as_standby(lab):
     assert lab.primary.psql("SELECT count(*) FROM app.ledger WHERE id = 4000000", dbname="core") == "1"
     # The node kept its own port: the rewind copied the source's settings, which were put back.
     assert lab.primary.psql("SHOW port") == str(lab.primary.port)
+
+
+def test_repeated_failover_after_failback_exits_12(lab, capsys, monkeypatch, cli_logging):
+    from resguardo.cli import main
+
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+    status = main(["--config", str(lab.config_file), "failover", "core", "--reason", "failover repeated by mistake",
+                   "--confirm", "FAILOVER"])
+
+    captured = capsys.readouterr()
+    assert status == 12
+    assert "standby is already the primary (timeline 2)" in captured.err
+    assert "nothing to switch" in captured.err
+    assert "failback core" in captured.err
+    assert "?" not in captured.out
+    # The rebuilt node was not fenced: it still streams and carries no fence marker.
+    assert not (lab.primary.data_dir / "resguardo.fenced").exists()
+    state = probe(load_topology(lab.config, "core").primary)
+    assert state.role == "standby"
+    assert state.receiver_status == "streaming"
 
 
 def test_switchover_back_restores_topology(lab):

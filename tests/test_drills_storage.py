@@ -138,3 +138,74 @@ def test_storage_rehearsal_measures_archive_gap(archived):
 
     report = render_rehearsal([result], fmt="text")
     assert result.run_id in report
+
+
+def test_failed_storage_rehearsal_lists_findings(archived):
+    from drills.rehearsal import rehearse_storage
+    from drills.report import render_rehearsal
+
+    config, config_file, launcher, cluster = archived
+
+    # restore_command exits 1 for every file, so restore_pitr's trial fetch fails.
+    result = rehearse_storage(config, "core", pitr_options={
+        "config_file": config_file, "wal_fetch_command": "/bin/false", "timeout": 60})
+
+    assert result.passed is False
+    assert result.error is not None
+    assert result.findings, "a failed rehearsal must list at least one finding"
+    assert result.error in result.findings[0]
+    report = render_rehearsal([result], fmt="text")
+    assert result.error in report.split("Hallazgos", 1)[1]
+
+
+def _delete_archived(root: Path, name: str) -> int:
+    removed = 0
+    for path in (root / "fs-a" / "core" / "wal").rglob(name + "*"):
+        path.unlink()
+        removed += 1
+    return removed
+
+
+def test_cli_rehearse_uses_config_and_names_gap(archived, tmp_path, monkeypatch, capsys):
+    import json
+    import logging
+
+    from resguardo.cli import main
+
+    config, config_file, launcher, cluster = archived
+    # Three more archived segments; the middle one is then lost.
+    names = []
+    for first in (701, 801, 901):
+        cluster.psql(f"INSERT INTO accounts SELECT g, g FROM generate_series({first}, {first + 99}) g", dbname="core")
+        names.append(cluster.psql("SELECT pg_walfile_name(pg_current_wal_lsn())"))
+        cluster.psql("SELECT pg_switch_wal()")
+    wait_archived(cluster, names[-1])
+    assert _delete_archived(config_file.parent, names[1]) == 2
+
+    # The working directory holds another resguardo.yaml: wal-fetch must not read it.
+    (tmp_path / "resguardo.yaml").write_text("not: a valid resguardo config\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    logger = logging.getLogger("resguardo")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    try:
+        status = main(["--config", str(config_file), "dr", "rehearse", "core", "--scenario", "storage",
+                       "--wal-fetch-command", str(launcher), "--format", "json"])
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+    result = json.loads(capsys.readouterr().out)[0]
+    print(f"\nstorage rehearsal with a gap: exit {status}, error {result['error']}, findings {result['findings']}")
+    # The configuration is in Spanish ("language: es").
+    gap_findings = [f for f in result["findings"] if f"de la línea de tiempo 1: {names[1]};" in f]
+    assert len(gap_findings) == 1
+    # wal-fetch ran with the --config file: it reached the archive and saw the gap, or restored up to it.
+    assert "config" not in (result["error"] or "")
+    if result["error"] is None:
+        assert result["source"]["pitr"]["wal_files_restored"] >= 1
+    else:
+        assert names[1] in result["error"]
+        assert result["error"] in result["findings"][0]
+    assert result["archive_gaps"] == {"1": [names[1]]}
+    assert status == 8

@@ -16,7 +16,7 @@ from drills.topology import Endpoint, NodeState, measure_exposure
 
 @pytest.mark.parametrize("module_name", [
     "drills.topology", "drills.timeline", "drills.router", "drills.alerting", "drills.storage_status",
-    "drills.failover", "drills.failback", "drills.report",
+    "drills.failover", "drills.failback", "drills.report", "drills.display",
 ])
 def test_doctests_pass(module_name, monkeypatch):
     # Doctest outputs are the English msgids.
@@ -180,3 +180,92 @@ def test_report_english_text(monkeypatch):
     assert "Overall result: PASSED" in text
     assert "RPO method: commit time of the last transaction replayed from WAL" in text
     assert "None." in text
+
+
+def test_unknown_number_is_a_word(monkeypatch):
+    from drills.display import format_number
+    from drills.report import format_seconds
+
+    monkeypatch.setenv("RESGUARDO_LANG", "es")
+
+    assert format_number(None) == "desconocido"
+    assert format_number(None, 1) == "desconocido"
+    assert format_seconds(None) == "desconocido"
+    assert format_number(12.345, 1) == "12.3"
+
+
+def _primary_state(label, read_only):
+    return NodeState(label, label, "primary", timeline=2, read_only_default=read_only)
+
+
+def test_status_warns_fenced_second_primary(monkeypatch):
+    from drills.cli import status_warnings
+
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+
+    warnings = status_warnings(_primary_state("primary", True), _primary_state("standby", False))
+
+    assert len(warnings) == 1
+    assert "primary is fenced read-only and only standby accepts writes" in warnings[0]
+    assert _primary_state("primary", True).accepts_writes is False
+    assert _primary_state("primary", True).fenced_primary is True
+
+
+def test_status_warns_split_brain(monkeypatch):
+    from drills.cli import status_warnings
+
+    monkeypatch.setenv("RESGUARDO_LANG", "en")
+
+    warnings = status_warnings(_primary_state("primary", False), _primary_state("standby", False))
+
+    assert len(warnings) == 1
+    assert "split brain" in warnings[0]
+
+
+def test_status_no_warning_for_one_primary():
+    from drills.cli import status_warnings
+
+    standby = NodeState("standby", "b", "standby", timeline=2)
+
+    assert status_warnings(_primary_state("primary", False), standby) == []
+
+
+def _config(tmp_path, *, pitr_enabled, with_file=True):
+    from resguardo.config import parse_config
+
+    # Key files are only named here: this configuration is never used to encrypt or sign.
+    data = {
+        "state_dir": str(tmp_path / "state"),
+        "encryption": {"recipients": [str(tmp_path / "backup.pub")], "identity": str(tmp_path / "backup.key")},
+        "signing": {"private_key": str(tmp_path / "signing.key"), "public_key": str(tmp_path / "signing.pub")},
+        "evidence": {"region": "evidence"},
+        "regions": {"local-a": {"kind": "filesystem", "path": str(tmp_path / "a")},
+                    "evidence": {"kind": "filesystem", "path": str(tmp_path / "evidence")}},
+        "databases": {"core": {"dsn": "host=127.0.0.1 dbname=core", "regions": ["local-a"],
+                               "pitr": {"enabled": pitr_enabled}}},
+    }
+    config_file = tmp_path / "resguardo.yaml" if with_file else None
+    return parse_config(data, tmp_path, config_file=config_file)
+
+
+def test_rewind_restore_command_uses_config_file(tmp_path):
+    from drills.failback import rewind_restore_command
+
+    command = rewind_restore_command(_config(tmp_path, pitr_enabled=True), "core")
+
+    assert command is not None
+    assert " wal-fetch %f %p --db core --config " in command
+    assert str((tmp_path / "resguardo.yaml").resolve()) in command
+
+
+def test_rewind_restore_command_none_without_archive(tmp_path):
+    from drills.failback import rewind_restore_command
+
+    assert rewind_restore_command(_config(tmp_path, pitr_enabled=False), "core") is None
+    assert rewind_restore_command(_config(tmp_path, pitr_enabled=True, with_file=False), "core") is None
+
+
+def test_failed_rehearsal_not_passed_with_gaps():
+    result = _result(rto_seconds=60.0, findings=[], archive_gaps={"1": ["000000010000000000000008"]})
+
+    assert result.passed is False
