@@ -79,8 +79,12 @@ class TarScanner:
     blocks that end a tar were seen.
     """
 
-    def __init__(self, source: BinaryIO, captured: dict[str, int] | None = None):
+    PROGRESS_BYTES = 256 << 20
+
+    def __init__(self, source: BinaryIO, captured: dict[str, int] | None = None, on_progress=None):
         self.source = source
+        self.on_progress = on_progress
+        self._next_progress = self.PROGRESS_BYTES
         self.captured = CAPTURED_MEMBERS if captured is None else captured
         self.members: dict[str, bytes] = {}
         self.count = 0
@@ -100,6 +104,9 @@ class TarScanner:
             self.bytes_read += len(data)
             self.last_data_at = time.monotonic()
             self._feed(memoryview(data))
+            if self.on_progress is not None and self.bytes_read >= self._next_progress:
+                self._next_progress += self.PROGRESS_BYTES
+                self.on_progress(self.bytes_read)
         return data
 
     def _feed(self, view: memoryview) -> None:
@@ -381,6 +388,40 @@ def wait_for_archived(archive, system_identifier: str, names: list[str], *, time
         delay = min(delay * 2, 5.0)
 
 
+def check_same_system(config, database: str, system_identifier: str, regions, wal_regions) -> None:
+    """Raise ConfigError when ``database`` already has base backups or WAL of another cluster.
+
+    The system identifier is fixed by ``initdb``, so a different one means the
+    configured DSN now reaches another cluster (a misconfiguration, or a
+    cluster rebuilt from scratch). Mixing both under one name would make
+    "latest" restores silently switch clusters. A region that cannot be
+    listed is skipped: this check guards against a mistake, it does not
+    prove the archive's content.
+    """
+    from backup.catalog import list_backups
+    from backup.wal_catalog import list_system_identifiers
+    from resguardo.keyring import load_verify_key
+
+    others: set[str] = set()
+    try:
+        for entry in list_backups(regions, load_verify_key(config), database, "base"):
+            found = str((entry.manifest.get("wal") or {}).get("system_identifier", ""))
+            if found and found != system_identifier:
+                others.add(found)
+    except StorageError as error:
+        log.warning("basebackup.catalog_unlisted", extra={"database": database, "error": error.message})
+    others.update(name for name in list_system_identifiers(wal_regions, database) if name != system_identifier)
+    if others:
+        raise ConfigError(
+            _("the server of {database} has system identifier {system}, but backups or WAL of other clusters "
+              "are already archived under that name: {others}").format(
+                database=database, system=system_identifier, others=", ".join(sorted(others))),
+            _("check that the configured DSN reaches the right cluster; if the cluster was rebuilt with initdb, "
+              "run 'resguardo basebackup {database} --new-system' (restores of the old cluster then need "
+              "--system-identifier)").format(database=database),
+        )
+
+
 def _discard(regions, key: str) -> None:
     """Delete an object of a backup that will not be committed; failures are logged, not raised."""
     for region in regions:
@@ -399,6 +440,8 @@ def run_base_backup(
     password: str | None = None,
     fast_checkpoint: bool = False,
     archive_wait_seconds: float = 300.0,
+    allow_new_system: bool = False,
+    progress=None,
 ) -> BaseBackupResult:
     """Take one base backup of ``database`` into its regions and commit its manifest.
 
@@ -409,7 +452,11 @@ def run_base_backup(
     stream is incomplete, fewer regions than the quorum stored it, or its WAL
     does not reach every WAL region within ``archive_wait_seconds`` (which
     also bounds how long the stream may stall while the server waits for
-    archiving).
+    archiving). Raises ConfigError when the database's archive already holds
+    base backups or WAL of another system identifier, unless
+    ``allow_new_system`` (the cluster was rebuilt). ``progress``, when given,
+    is called as ``progress(event, **values)`` with ``checkpoint``,
+    ``copying`` (every 256 MiB, ``megabytes=``) and ``archive_wait``.
     """
     import zstandard
 
@@ -442,6 +489,10 @@ def run_base_backup(
     with source.connect(autocommit=True) as conn:
         facts = _server_facts(conn)
     _check_source(database, facts)
+    if not allow_new_system:
+        check_same_system(config, database, facts["system_identifier"], regions, archive.regions)
+    report = progress or (lambda event, **values: None)
+    report("checkpoint", fast=fast_checkpoint)
 
     started_at = utc_now()
     backup_id = new_backup_id(started_at)
@@ -456,7 +507,7 @@ def run_base_backup(
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=source.libpq_env())
     stderr = _StderrCollector(process.stderr)
     stderr.start()
-    scanner = TarScanner(process.stdout)
+    scanner = TarScanner(process.stdout, on_progress=lambda read: report("copying", megabytes=read >> 20))
     watchdog = _StallWatchdog(process, scanner, archive_wait_seconds)
     watchdog.start()
 
@@ -511,6 +562,7 @@ def run_base_backup(
         watchdog.stop()
         process.stdout.close()
     copy_seconds = round(time.monotonic() - copy_started, 3)
+    report("archive_wait")
     holding = [region for region in regions if region.name in stored.regions]
 
     try:

@@ -30,15 +30,26 @@ def _config_path(args: argparse.Namespace) -> str | None:
 def cmd_basebackup(args: argparse.Namespace) -> int:
     from backup.basebackup import run_base_backup
 
+    def progress(event: str, **values) -> None:
+        messages = {
+            "checkpoint": _("Waiting for an immediate checkpoint before the copy starts...") if values.get("fast")
+            else _("Waiting for a spread checkpoint before the copy starts; this can take minutes "
+                   "(--fast-checkpoint starts at once, with more I/O)..."),
+            "copying": _("Copying: {megabytes} MiB read so far...").format(megabytes=values.get("megabytes")),
+            "archive_wait": _("Copy finished; waiting until its WAL is in every WAL region..."),
+        }
+        _print(messages[event])
+
     result = run_base_backup(args.config, args.database, triggered_by=args.triggered_by,
-                             fast_checkpoint=args.fast_checkpoint)
+                             fast_checkpoint=args.fast_checkpoint, allow_new_system=args.new_system,
+                             progress=progress)
     wal = result.manifest["wal"]
     entry = result.manifest["objects"][0]
     _print(_("Base backup {backup_id} of {database} committed in {count} regions: {regions}").format(
         backup_id=result.backup_id, database=args.database, count=len(result.regions), regions=", ".join(result.regions)))
-    _print(_("WAL {start} to {stop} on timeline {timeline}; {plain} bytes, stored {stored} bytes").format(
-        start=wal["start_lsn"], stop=wal["stop_lsn"], timeline=wal["timeline"], plain=entry["plaintext_size"],
-        stored=entry["size"]))
+    _print(_("WAL {start} to {stop} on timeline {timeline} of system {system}; {plain} bytes, stored {stored} "
+             "bytes").format(start=wal["start_lsn"], stop=wal["stop_lsn"], timeline=wal["timeline"],
+                             system=wal["system_identifier"], plain=entry["plaintext_size"], stored=entry["size"]))
     for region, error in result.failed_regions.items():
         _print(_("WARNING: region {region} failed and holds no copy: {error}").format(region=region, error=error))
     return 0
@@ -63,8 +74,11 @@ def cmd_wal_ship(args: argparse.Namespace) -> int:
     import signal
 
     from backup.wal_ship import WalShipper
+    from resguardo.config import load_config
 
-    shipper = WalShipper(args.config, args.database, parallel=args.parallel)
+    # Loaded here so that --config is accepted after the subcommand too, as for wal-push.
+    config = args.config if not isinstance(args.config, (str, type(None))) else load_config(_config_path(args))
+    shipper = WalShipper(config, args.database, parallel=args.parallel)
     signal.signal(signal.SIGTERM, lambda *_: shipper.stop_event.set())
     try:
         stats = shipper.run(once=args.once)
@@ -112,6 +126,13 @@ def cmd_restore_pitr(args: argparse.Namespace) -> int:
 
     config_file = _config_path(args)
     config = load_config(config_file)
+    if not args.timeout > 0:
+        from resguardo.errors import ConfigError
+
+        raise ConfigError(
+            _("invalid recovery timeout {value} s").format(value=args.timeout),
+            _("give a positive number of seconds, e.g. --timeout 3600"),
+        )
     target = build_target(time=args.target_time, lsn=args.target_lsn, xid=args.target_xid, name=args.target_name,
                           immediate=args.target_immediate, inclusive=not args.exclusive, timeline=args.target_timeline)
     report = restore_pitr(config, args.database, target=target, data_dir=args.data_dir, backup_id=args.backup_id,
@@ -123,10 +144,19 @@ def cmd_restore_pitr(args: argparse.Namespace) -> int:
         return 0
     _print(_("Base backup {backup_id} restored from region {region} and replayed to {target} "
              "({count} WAL files) in {seconds} s.").format(
-        backup_id=report.backup_id, region=report.region, target=target.describe(), count=report.wal_files_restored,
+        backup_id=report.backup_id, region=report.region, target=target.label(), count=report.wal_files_restored,
         seconds=report.timings.get("total_seconds")))
     if report.stop_point:
-        _print(_("Recovery stopped {point}").format(point=report.stop_point))
+        from restore.pitr_server import describe_stop_point
+
+        _print(_("Recovery stopped {point}").format(point=describe_stop_point(report.stop_point)))
+    if report.other_system_identifiers:
+        _print(_("WARNING: {database} also has base backups of other clusters (system identifiers {others}); "
+                 "this restore used system {system}. Pass --system-identifier to choose another.").format(
+            database=args.database, others=", ".join(report.other_system_identifiers),
+            system=report.system_identifier))
+    for note in report.notes:
+        _print(_("NOTE: {text}").format(text=note))
     outcomes = {
         "promoted": _("The server was promoted to timeline {timeline}.").format(timeline=report.new_timeline or "-"),
         "paused": _("The server is paused at the target, read-only; promote it with SELECT pg_promote()."),
@@ -150,6 +180,9 @@ def register(subparsers) -> None:
     base.add_argument("--fast-checkpoint", action="store_true",
                       help=_("start at once with an immediate checkpoint (more I/O) instead of a spread one"))
     base.add_argument("--triggered-by", default="cli", help=_("who or what started it, recorded in the manifest"))
+    base.add_argument("--new-system", action="store_true",
+                      help=_("accept a server whose system identifier differs from the backups and WAL already "
+                             "archived under this database name (the cluster was rebuilt with initdb)"))
     base.set_defaults(handler=cmd_basebackup)
 
     push = subparsers.add_parser("wal-push", help=_("archive one WAL file (for archive_command = '... wal-push %%p')"))
@@ -174,7 +207,8 @@ def register(subparsers) -> None:
     ship.add_argument("database")
     ship.add_argument("--parallel", type=int, help=_("parallel uploads (default: pitr.push_parallel)"))
     ship.add_argument("--once", action="store_true", help=_("ship what is ready now, then exit"))
-    ship.set_defaults(handler=cmd_wal_ship)
+    ship.add_argument("--config", dest="sub_config", help=_("path of resguardo.yaml"))
+    ship.set_defaults(handler=cmd_wal_ship, needs_config=False)
 
     check = subparsers.add_parser("archive-check", help=_("check WAL archive gaps, lag against pitr.rpo_seconds and pg_wal"))
     check.add_argument("database")

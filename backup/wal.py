@@ -70,7 +70,7 @@ class WalNotFoundError(NotFoundError):
 class WalGapError(IntegrityError):
     """A segment is in no WAL region, but a later segment of its timeline is archived (or may be).
 
-    Recovery must stop here: answering "not found" would make PostgreSQL
+    Recovery must stop here, because exit status 1 ("not found") would make PostgreSQL
     end recovery at the gap and promote, losing everything after it.
     """
 
@@ -347,6 +347,12 @@ class WalArchive:
         started = time.monotonic()
         path = Path(path)
         name = path.name
+        if not path.is_file():
+            raise NotFoundError(
+                _("WAL file {path} to archive does not exist").format(path=path),
+                _("archive_command must pass %p and run in the data directory (PostgreSQL does both); a manual "
+                  "wal-push needs the file's full path"),
+            )
         kind, system_identifier, facts = identify_wal_file(path, control_system_identifier=control_system_identifier)
         sidecar_key = wal_sidecar_key(self.database, system_identifier, name)
         object_key = wal_object_key(self.database, system_identifier, name)
@@ -475,6 +481,13 @@ class WalArchive:
 
         started = time.monotonic()
         destination = Path(destination)
+        if not destination.parent.is_dir():
+            raise ConfigError(
+                _("the directory {directory} to restore {name} into does not exist").format(
+                    directory=destination.parent, name=name),
+                _("restore_command must pass %p, which PostgreSQL makes relative to the data directory; run "
+                  "wal-fetch from there or give an existing directory"),
+            )
         failed: dict[str, str] = {}
         missing: list[str] = []
         for region in self.regions:
@@ -528,7 +541,7 @@ class WalArchive:
         )
 
     def _raise_if_gap(self, name: str, system_identifier: int | str) -> None:
-        """Raise WalGapError when a region holds a segment after ``name`` on its timeline or cannot be listed.
+        """Raise WalGapError when a region contains a segment after ``name`` on its timeline or cannot be listed.
 
         Runs only after every region missed ``name``, so listing the
         timeline's keys (one prefix listing per region) is paid once per
@@ -536,6 +549,9 @@ class WalArchive:
         unmounted cannot hide a gap, because any other region's later
         segment is enough to stop recovery.
         """
+        # NOTE: a standby whose streaming is down calls restore_command for the next segment every few
+        # seconds, and each miss repeats this listing. Region.list has no "start after" option, so the cost
+        # grows with the number of segments archived on the timeline.
         prefix = wal_prefix(self.database, system_identifier) + name[:8]
         base = wal_prefix(self.database, system_identifier)
         later: dict[str, str] = {}

@@ -62,7 +62,7 @@ XLP_LONG_HEADER = 0x0002
 LONG_HEADER_SIZE = 40
 
 # XLOG_PAGE_MAGIC per PostgreSQL major version, from xlog_internal.h of each
-# release. An unknown magic is not an error: it is reported as "unknown".
+# release. An unknown magic of the form 0xDxxx is not an error: it is reported as "unknown".
 PAGE_MAGIC_VERSIONS = {
     0xD093: 9.6, 0xD097: 10, 0xD098: 11, 0xD101: 12, 0xD106: 13,
     0xD10D: 14, 0xD110: 15, 0xD113: 16, 0xD116: 17, 0xD118: 18,
@@ -184,7 +184,9 @@ def parse_segment_header(data: bytes) -> SegmentHeader:
     size.
     """
     if len(data) < LONG_HEADER_SIZE:
-        raise WalFormatError(f"WAL segment header is {len(data)} bytes; a segment starts with a {LONG_HEADER_SIZE}-byte long header")
+        _ = _translator()
+        raise WalFormatError(_("the WAL segment header is {size} bytes; a segment starts with a {expected}-byte "
+                               "long header").format(size=len(data), expected=LONG_HEADER_SIZE))
     for order in ("<", ">"):
         magic, info, timeline, page_address, _remaining = struct.unpack_from(order + "HHIQI", data, 0)
         system_identifier, segment_size, block_size = struct.unpack_from(order + "QII", data, 24)
@@ -196,8 +198,23 @@ def parse_segment_header(data: bytes) -> SegmentHeader:
             continue
         if page_address % segment_size or timeline == 0:
             continue
+        # Every XLOG_PAGE_MAGIC so far (9.6 to 18) is 0xD0xx or 0xD1xx; an unknown one of the form 0xDxxx
+        # may be a newer release, so only a magic outside that range is rejected.
+        if magic & 0xF000 != 0xD000:
+            _ = _translator()
+            raise WalFormatError(_("the WAL page magic is 0x{magic:04X}; PostgreSQL writes 0xDxxx, so the first "
+                                   "page is damaged").format(magic=magic))
         return SegmentHeader(magic, timeline, page_address, system_identifier, segment_size, block_size)
-    raise WalFormatError("the file does not start with a WAL long page header (no valid flag, segment size or page address)")
+    _ = _translator()
+    raise WalFormatError(_("the file does not start with a WAL long page header (no valid flag, segment size or "
+                           "page address)"))
+
+
+def _translator():
+    """Return the gettext function, imported only on error to keep ``wal-push`` start-up fast."""
+    from resguardo.i18n import _
+
+    return _
 
 
 def read_segment_header(path) -> SegmentHeader:

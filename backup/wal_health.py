@@ -31,7 +31,7 @@ from typing import Any
 
 from backup.wal import WalArchive, wal_region_names
 from backup.wal_catalog import find_gaps, list_archive, list_system_identifiers, wal_needed_by
-from backup.wal_format import SEGMENT_PATTERN, parse_segment_name
+from backup.wal_format import SEGMENT_PATTERN, lsn_segment, parse_lsn, parse_segment_name
 from resguardo.errors import ResguardoError, VerificationError
 from resguardo.i18n import _
 from resguardo.log import get_logger
@@ -39,6 +39,47 @@ from resguardo.log import get_logger
 log = get_logger("backup.wal_health")
 
 MAX_LISTED = 20
+# Sidecars read and verified per timeline and region on every check (the newest ones), plus the history
+# files and the start segments of kept base backups. Reading every sidecar of a large archive each time
+# would cost one GET per file, so older copies are verified only when wal-fetch reads them.
+SIDECARS_CHECKED_PER_TIMELINE = 8
+
+
+def _drop_invalid_sidecars(archive: WalArchive, listing, system_identifier, needed: set[str],
+                           segment_size: int) -> dict[str, dict[str, str]]:
+    """Verify a bounded set of sidecars and remove invalid copies from ``listing``; return them by file and region.
+
+    Checked: the :data:`SIDECARS_CHECKED_PER_TIMELINE` newest segments of each
+    timeline, every history file, the segments in ``needed``, and the
+    segments next to a would-be gap (the last one before and the first one
+    after a missing stretch), because those decide whether a gap is reported.
+    """
+    by_timeline: dict[int, list[str]] = {}
+    for name in listing.segments():
+        by_timeline.setdefault(parse_segment_name(name, segment_size)[0], []).append(name)
+    chosen: set[str] = set(needed) & set(listing.files)
+    chosen.update(name for name in listing.files if not SEGMENT_PATTERN.match(name) and name.endswith(".history"))
+    for names in by_timeline.values():
+        chosen.update(names[-SIDECARS_CHECKED_PER_TIMELINE:])
+        numbers = [parse_segment_name(name, segment_size)[1] for name in names]
+        for index in range(1, len(names)):
+            if numbers[index] != numbers[index - 1] + 1:
+                chosen.update((names[index - 1], names[index]))
+
+    regions = {region.name: region for region in archive.regions}
+    invalid: dict[str, dict[str, str]] = {}
+    for name in sorted(chosen):
+        for region_name in sorted(listing.files.get(name, ())):
+            try:
+                archive.read_sidecar(regions[region_name], system_identifier, name)
+            except ResguardoError as error:
+                invalid.setdefault(name, {})[region_name] = error.message
+                log.warning("archive_check.invalid_sidecar", extra={"wal_file": name, "region": region_name,
+                                                                    "error": error.message})
+                listing.files[name].discard(region_name)
+        if name in listing.files and not listing.files[name]:
+            del listing.files[name]
+    return invalid
 
 
 @dataclass
@@ -88,6 +129,9 @@ SELECT (SELECT system_identifier::text FROM pg_control_system()),
        current_setting('archive_timeout'),
        (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'),
        CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+       CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END,
+       current_setting('archive_command'),
+       coalesce(current_setting('archive_library', true), ''),
        a.archived_count, a.last_archived_wal, a.last_archived_time,
        a.failed_count, a.last_failed_wal, a.last_failed_time, a.stats_reset,
        now()
@@ -111,9 +155,10 @@ def _server_state(source) -> dict[str, Any]:
             state = {
                 "system_identifier": row[0], "in_recovery": row[1], "archive_mode": row[2],
                 "archive_timeout": row[3], "wal_segment_size": int(row[4]), "current_wal_file": row[5],
-                "archived_count": row[6], "last_archived_wal": row[7], "last_archived_time": row[8],
-                "failed_count": row[9], "last_failed_wal": row[10], "last_failed_time": row[11],
-                "stats_reset": row[12], "now": row[13],
+                "current_lsn": row[6], "archive_command": row[7], "archive_library": row[8],
+                "archived_count": row[9], "last_archived_wal": row[10], "last_archived_time": row[11],
+                "failed_count": row[12], "last_failed_wal": row[13], "last_failed_time": row[14],
+                "stats_reset": row[15], "now": row[16],
             }
             # pg_ls_waldir and pg_ls_archive_statusdir need superuser or pg_monitor.
             try:
@@ -213,8 +258,21 @@ def check_archive(config, database: str, *, dsn: str | None = None, password: st
         segment_size = state["wal_segment_size"]
         report.system_identifier = state["system_identifier"]
         report.server = {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in state.items() if k != "now"}
+        if state["in_recovery"]:
+            report.problems.append(
+                _("the configured server of {database} is in recovery (a standby), so this check cannot see "
+                  "whether the primary archives its WAL; point the database's DSN at the current primary "
+                  "(after a failover or failback it may have changed)").format(database=database))
         if state["archive_mode"] not in ("on", "always"):
             report.problems.append(_("archive_mode is {mode}: no WAL is archived").format(mode=state["archive_mode"]))
+        elif state["archive_library"]:
+            report.problems.append(
+                _("archive_library is {library}, so archive_command is ignored and WAL does not go through "
+                  "resguardo wal-push").format(library=state["archive_library"]))
+        elif "wal-push" not in (state["archive_command"] or ""):
+            report.problems.append(
+                _("archive_command does not call resguardo wal-push, so WAL does not reach the Resguardo "
+                  "archive: {command}").format(command=state["archive_command"] or "-"))
         report.lag_seconds = round(_lag_seconds(state), 1)
         if report.lag_seconds > rpo:
             report.problems.append(
@@ -262,12 +320,18 @@ def check_archive(config, database: str, *, dsn: str | None = None, password: st
     for region, error in listing.failed_regions.items():
         report.problems.append(_("region {region} could not be listed: {error}").format(region=region, error=error))
 
-    segments = listing.segments()
     needed: dict[int, str] = {}
     try:
         needed = wal_needed_by(_base_manifests(config, database, str(system_identifier)))
     except ResguardoError as error:
         report.warnings.append(_("base backups could not be listed: {error}").format(error=error.message))
+    invalid = _drop_invalid_sidecars(archive, listing, system_identifier, set(needed.values()), segment_size)
+    for name, regions in sorted(invalid.items()):
+        for region, error in sorted(regions.items()):
+            report.problems.append(
+                _("the sidecar of {name} in region {region} is invalid, so that copy is not counted as "
+                  "archived: {error}").format(name=name, region=region, error=error))
+    segments = listing.segments()
     gaps = find_gaps(segments, segment_size, since=needed)
     region_names = [r.name for r in archive.regions if r.name not in listing.failed_regions]
     first_needed = min(needed.values()) if needed else None
@@ -288,6 +352,8 @@ def check_archive(config, database: str, *, dsn: str | None = None, password: st
         "needed_from": {str(k): v for k, v in needed.items()},
         "gaps": {str(k): v[:MAX_LISTED] for k, v in gaps.items()},
         "missing_in_regions": {k: v[:MAX_LISTED] for k, v in missing_in.items()},
+        "sidecars_checked": SIDECARS_CHECKED_PER_TIMELINE,
+        "invalid_sidecars": {name: regions for name, regions in list(sorted(invalid.items()))[:MAX_LISTED]},
     }
     for timeline, names in gaps.items():
         report.problems.append(
@@ -306,11 +372,15 @@ def check_archive(config, database: str, *, dsn: str | None = None, password: st
                 _("the server reports {name} as archived, but no WAL region holds it; archive_command may "
                   "point elsewhere").format(name=last))
         current = state["current_wal_file"]
-        if current and segments:
-            timeline, number = parse_segment_name(current, segment_size)
+        if current and state.get("current_lsn") and segments:
+            # pg_walfile_name() of an LSN on a segment boundary (right after pg_switch_wal) names the
+            # finished segment, so the segment being written is computed from the LSN itself.
+            timeline = parse_segment_name(current, segment_size)[0]
+            number = lsn_segment(parse_lsn(state["current_lsn"]), segment_size)
             on_timeline = [parse_segment_name(n, segment_size)[1] for n in segments
                            if parse_segment_name(n, segment_size)[0] == timeline]
             newest = max(on_timeline) if on_timeline else None
+            # Completed segments are those before the one being written; the newest archived one counts as done.
             report.segments_behind = max(0, number - 1 - newest) if newest is not None else None
     return _finish(report)
 

@@ -16,7 +16,7 @@ Exit statuses of ``wal-fetch`` follow what PostgreSQL does with them
 
 - 0: the file was restored.
 - 1: every WAL region responded that it does not have the file and, for a
-  segment, no region holds a later segment of its timeline. PostgreSQL
+  segment, no region contains a later segment of its timeline. PostgreSQL
   takes this as the end of the archive (or tries streaming replication).
   A missing segment with later ones archived is a gap and exits 200.
 - 200 (:data:`FATAL_EXIT_STATUS`): anything else, after retries: a region

@@ -58,6 +58,11 @@ from restore.pitr_target import RecoveryTarget, RecoveryTargetError, build_targe
 log = get_logger("restore.pitr")
 
 ENDED_BEFORE_TARGET = "recovery ended before configured recovery target was reached"
+# Written into a restored data directory's postgresql.auto.conf, so that a copy
+# started later with the source's settings cannot archive into the source's
+# archive. PostgreSQL logs the failure on every attempt and keeps the WAL.
+DISABLED_ARCHIVE_COMMAND = ("echo 'Resguardo: archiving is disabled in this restored copy; set archive_command "
+                            "before using it as a primary' >&2; exit 1")
 SCRATCH_HBA = """# Written by Resguardo for a scratch restore: loopback and socket only, no password.
 local all all trust
 host all all 127.0.0.1/32 trust
@@ -86,6 +91,8 @@ class PitrReport:
     fetch_attempts: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     dsn: str | None = None
+    other_system_identifiers: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     scratch: Any = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,6 +246,11 @@ def restore_pitr(
 
     started = time.monotonic()
     target = target or build_target()
+    if not timeout > 0:
+        raise ConfigError(
+            _("invalid recovery timeout {value} s").format(value=timeout),
+            _("give a positive number of seconds, e.g. --timeout 3600"),
+        )
     if not promote and target.kind == "latest":
         raise RecoveryTargetError(
             _("without promotion a recovery target is required"),
@@ -258,7 +270,11 @@ def restore_pitr(
             _("run 'resguardo basebackup {database}' first").format(database=database),
         )
     system_identifier = str(system_identifier or manifests[-1]["wal"]["system_identifier"])
+    other_systems = sorted({str(m["wal"]["system_identifier"]) for m in manifests} - {system_identifier})
     manifests = [m for m in manifests if str(m["wal"]["system_identifier"]) == system_identifier]
+    if other_systems:
+        log.warning("pitr.other_systems", extra={"database": database, "system_identifier": system_identifier,
+                                                 "other_system_identifiers": other_systems})
     if not manifests:
         raise NotFoundError(
             _("no base backup of {database} belongs to system {system}").format(database=database, system=system_identifier),
@@ -277,22 +293,39 @@ def restore_pitr(
             _("the history file of timeline {timeline} is not in the archive").format(timeline=target_timeline),
             _("the timeline does not exist in this cluster's archive; check --target-timeline"),
         ) from None
-    candidates = choose_backups(manifests, target, target_timeline=target_timeline, history=history,
-                                backup_id=backup_id)
+    try:
+        candidates = choose_backups(manifests, target, target_timeline=target_timeline, history=history,
+                                    backup_id=backup_id)
+    except NotFoundError as error:
+        if not other_systems:
+            raise
+        raise NotFoundError(
+            error.message + " " + _("Only base backups of system {system} were considered; base backups of other "
+                                    "clusters under the name {database} exist: {others}.").format(
+                system=system_identifier, database=database, others=", ".join(other_systems)),
+            _("pass --system-identifier with one of {others} to restore from another cluster's backups").format(
+                others=", ".join(other_systems)),
+        ) from None
     log.info("pitr.start", extra={"database": database, "target": target.describe(), "target_timeline": target_timeline,
                                   "candidates": [m["backup_id"] for m in candidates], "system_identifier": system_identifier})
 
     # The destination.
     own_scratch = scratch is None and data_dir is None
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    kept_log_file = config.resolve(config.state_dir) / "restore" / f"{database}-{stamp}.log"
     if own_scratch:
         scratch = ScratchCluster(initdb=False, name=f"pitr-{database}")
     if scratch is not None:
         destination = Path(scratch.data_dir)
         bindir, os_user, log_file = scratch.bindir, scratch.os_user, Path(scratch.log_file)
+        if own_scratch:
+            # A failed restore deletes its own scratch cluster, so its server log must live elsewhere.
+            log_file = kept_log_file
     else:
         from resguardo.pgtools import find_program, server_user
 
-        destination = Path(data_dir)
+        # PostgreSQL runs with the data directory as its working directory, so a relative path would not resolve.
+        destination = Path(data_dir).expanduser().resolve()
         if destination.exists() and any(destination.iterdir()):
             raise ConfigError(
                 _("data directory {path} is not empty").format(path=destination),
@@ -300,8 +333,7 @@ def restore_pitr(
             )
         bindir = find_program("postgres", config.resolve(config.postgres_bindir)).parent
         os_user = server_user()
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        log_file = config.resolve(config.state_dir) / "restore" / f"{database}-{stamp}.log"
+        log_file = kept_log_file
     destination.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     tried: list[str] = []
@@ -321,6 +353,7 @@ def restore_pitr(
                 empty_directory(destination)
                 continue
             report.tried_backups = tried
+            report.other_system_identifiers = other_systems
             report.timings["total_seconds"] = round(time.monotonic() - started, 3)
             if scratch is not None:
                 report.scratch = scratch
@@ -340,6 +373,13 @@ def restore_pitr(
         if own_scratch and scratch is not None:
             scratch.destroy()
         raise
+    except BaseException as error:
+        # An unexpected error or Ctrl-C: still remove the scratch cluster this call created.
+        log.error("pitr.failed", extra={"database": database, "target": target.describe(),
+                                        "error": f"{type(error).__name__}: {error}"})
+        if own_scratch and scratch is not None:
+            scratch.destroy()
+        raise
 
 
 class _EndedBeforeTarget(Exception):
@@ -356,6 +396,7 @@ def _restore_one(config, database, manifest, target, target_timeline, destinatio
     from resguardo.pgtools import chown_tree
 
     timings: dict[str, float] = {}
+    notes: list[str] = []
     backup_id = manifest["backup_id"]
     entry = manifest["objects"][0]
     identities = archive.identities
@@ -387,65 +428,79 @@ def _restore_one(config, database, manifest, target, target_timeline, destinatio
         options: dict[str, str | int] = {}
         socket_dir = None
     else:
+        _append_settings(destination, {"archive_command": DISABLED_ARCHIVE_COMMAND},
+                         "Resguardo: the source's archive_command must not archive into its archive from this copy")
+        notes.append(_("archive_command of the source was replaced in postgresql.auto.conf by a command that fails, "
+                       "so this copy cannot archive into the source's WAL archive; set archive_command before using it "
+                       "as a primary"))
         socket_dir = Path(tempfile.mkdtemp(prefix="resguardo-pitr-socket-"))
         from restore.scratch import free_port
 
         options = {**runtime, "listen_addresses": "", "port": free_port(), "unix_socket_directories": str(socket_dir)}
-    chown_tree(destination, os_user)
-    if socket_dir is not None:
-        chown_tree(socket_dir, os_user)
-
-    # 4. The restore_command must work as the server's OS user before the server relies on it.
-    preflight_started = time.monotonic()
-    _preflight(command, destination, manifest["wal"]["start_wal_file"], os_user)
-    timings["preflight_seconds"] = round(time.monotonic() - preflight_started, 3)
-
-    # 5. Replay.
-    server = RecoveryServer(bindir, destination, log_file, os_user)
-    recovery_started = time.monotonic()
-    server.start(options)
-    if scratch is not None:
-        scratch.running = True
-
-    def finished(progress) -> bool:
-        if action == "promote":
-            return progress.promoted and progress.ready
-        if action == "pause":
-            return progress.paused
-        return progress.shut_down_at_target
 
     try:
-        reached = server.wait_for(finished, timeout=timeout)
-    except ResguardoError:
-        server.stop("immediate")
-        raise
-    timings["recovery_seconds"] = round(time.monotonic() - recovery_started, 3)
-    progress = server.progress
-    if not reached:
-        server.stop("immediate")
-        if scratch is not None:
-            scratch.running = False
-        fatal = " | ".join(progress.fatal_lines[-3:]) or server.log_tail(10)
-        error = ExternalToolError(
-            _("recovery of {database} from base backup {backup_id} stopped before the target {target}: {fatal}").format(
-                database=database, backup_id=backup_id, target=target.describe(), fatal=fatal),
-            _recovery_hint(fatal, log_file),
-        )
-        if ENDED_BEFORE_TARGET in fatal and target.kind == "name":
-            raise _EndedBeforeTarget(error)
-        raise error
+        chown_tree(destination, os_user)
+        if socket_dir is not None:
+            chown_tree(socket_dir, os_user)
 
-    recovered_lsn = progress.redo_done_at
-    if scratch is not None and action in ("promote", "pause"):
-        recovered_lsn = _replayed_lsn(scratch) or recovered_lsn
-    if scratch is None and action == "promote":
-        server.stop("fast")
-    prefetch_dir = destination / "pg_wal" / PREFETCH_DIR_NAME
-    if not stop_prefetcher(prefetch_dir):
-        log.warning("pitr.prefetcher_still_running", extra={"directory": str(prefetch_dir)})
-    shutil.rmtree(prefetch_dir, ignore_errors=True)
-    if socket_dir is not None:
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        # 4. The restore_command must work as the server's OS user before the server relies on it.
+        preflight_started = time.monotonic()
+        _preflight(command, destination, manifest["wal"]["start_wal_file"], os_user)
+        timings["preflight_seconds"] = round(time.monotonic() - preflight_started, 3)
+
+        # 5. Replay.
+        server = RecoveryServer(bindir, destination, log_file, os_user)
+        recovery_started = time.monotonic()
+        server.start(options)
+        if scratch is not None:
+            scratch.running = True
+
+        def finished(progress) -> bool:
+            if action == "promote":
+                return progress.promoted and progress.ready
+            if action == "pause":
+                return progress.paused
+            return progress.shut_down_at_target
+
+        try:
+            reached = server.wait_for(finished, timeout=timeout)
+        except ResguardoError:
+            server.stop("immediate")
+            raise
+        timings["recovery_seconds"] = round(time.monotonic() - recovery_started, 3)
+        progress = server.progress
+        if not reached:
+            server.stop("immediate")
+            if scratch is not None:
+                scratch.running = False
+            fatal = " | ".join(progress.fatal_lines[-3:]) or server.log_tail(10)
+            cause = _stop_cause(progress, fatal, manifest)
+            error = ExternalToolError(
+                _("recovery of {database} from base backup {backup_id} stopped before the target {target}: "
+                  "{cause}{fatal}").format(database=database, backup_id=backup_id, target=target.label(),
+                                           cause=cause + " " if cause else "", fatal=fatal),
+                _recovery_hint(fatal, log_file, target, progress),
+            )
+            if ENDED_BEFORE_TARGET in fatal and target.kind == "name":
+                raise _EndedBeforeTarget(error)
+            raise error
+
+        recovered_lsn = progress.redo_done_at
+        if scratch is not None and action in ("promote", "pause"):
+            recovered_lsn = _replayed_lsn(scratch) or recovered_lsn
+        if scratch is None and action == "promote":
+            server.stop("fast")
+        if action == "shutdown":
+            # The log line comes before the postmaster exits; its socket directory is removed below.
+            server.process.wait(timeout=120)
+        prefetch_dir = destination / "pg_wal" / PREFETCH_DIR_NAME
+        if not stop_prefetcher(prefetch_dir):
+            log.warning("pitr.prefetcher_still_running", extra={"directory": str(prefetch_dir)})
+        shutil.rmtree(prefetch_dir, ignore_errors=True)
+    finally:
+        # The server of a data directory restore is stopped on every path, so its socket directory can go.
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
 
     return PitrReport(
         database=database,
@@ -464,6 +519,7 @@ def _restore_one(config, database, manifest, target, target_timeline, destinatio
         wal_files_restored=len(progress.restored_files),
         fetch_attempts=[{"region": a.region, "outcome": a.outcome, "error": a.error} for a in fetched.attempts],
         timings=timings,
+        notes=notes,
     )
 
 
@@ -474,10 +530,40 @@ def _replayed_lsn(scratch) -> str | None:
         return None
 
 
-def _recovery_hint(fatal: str, log_file: Path) -> str:
+def _next_missing_segment(progress, manifest: dict[str, Any]) -> str | None:
+    """Return the segment after the last one restored from the archive: the one recovery could not get."""
+    from backup.wal_format import SEGMENT_PATTERN, WalFormatError, next_segment_name
+
+    restored = [name for name in progress.restored_files if SEGMENT_PATTERN.match(name)]
+    if not restored:
+        return None
+    try:
+        return next_segment_name(restored[-1], int(manifest["wal"].get("wal_segment_size") or 16 << 20))
+    except (WalFormatError, ValueError):
+        return None
+
+
+def _stop_cause(progress, fatal: str, manifest: dict[str, Any]) -> str:
+    """Return a sentence naming the WAL segment recovery stopped at, or "" when the log does not show it."""
+    if progress.command_errors:
+        return _("wal-fetch reported: {error}").format(error=progress.command_errors[-1].removeprefix("ERROR: "))
+    missing = _next_missing_segment(progress, manifest)
+    if ENDED_BEFORE_TARGET in fatal and missing:
+        return _("the archive ends at segment {missing}, which no WAL region holds ({count} WAL files were "
+                 "replayed).").format(missing=missing, count=len(progress.restored_files))
+    return ""
+
+
+def _recovery_hint(fatal: str, log_file: Path, target: RecoveryTarget | None = None, progress=None) -> str:
+    if progress is not None and progress.command_errors:
+        return _("wal-fetch stopped recovery on purpose; fix the archive as the error says (see 'resguardo "
+                 "archive-check') and restore again")
     if ENDED_BEFORE_TARGET in fatal:
-        return _("the archive ends before the target: the target is later than the newest archived WAL, or a "
-                 "restore point of that name does not exist after this backup")
+        if target is not None and target.kind == "name":
+            return _("the archive ends before the target: the target is later than the newest archived WAL, or a "
+                     "restore point of that name does not exist after this backup")
+        return _("the target is later than the newest archived WAL: wait until the segment named is archived "
+                 "('resguardo archive-check' shows the lag), or choose an earlier target")
     if "exit code 200" in fatal or "could not restore file" in fatal:
         return _("wal-fetch could not read a WAL file from any region and stopped recovery on purpose; fix the "
                  "regions (see 'resguardo archive-check') and restore again")

@@ -94,6 +94,48 @@ class RecoveryProgress:
             self.shut_down_at_target = True
 
 
+_STOP_FORMS = (
+    (re.compile(r"^(before|after) commit of transaction (\d+), time (.+)$"), "commit"),
+    (re.compile(r"^(before|after) abort of transaction (\d+), time (.+)$"), "abort"),
+    (re.compile(r'^at restore point "(.*)", time (.+)$'), "restore_point"),
+    (re.compile(r'^(before|after) WAL location \(LSN\) "([0-9A-F]+/[0-9A-F]+)"$'), "lsn"),
+    (re.compile(r"^after reaching consistency$"), "consistency"),
+)
+
+
+def describe_stop_point(text: str) -> str:
+    """Translate the rest of PostgreSQL's ``recovery stopping ...`` log line (lc_messages C) for people.
+
+    Forms from ``recoveryStopsBefore``/``recoveryStopsAfter`` in PostgreSQL 15's
+    ``xlogrecovery.c``; any other text is returned unchanged.
+
+    >>> describe_stop_point("after reaching consistency") == _("after reaching consistency")
+    True
+    >>> describe_stop_point("something new")
+    'something new'
+    """
+    for pattern, form in _STOP_FORMS:
+        match = pattern.match(text.strip())
+        if not match:
+            continue
+        if form == "consistency":
+            return _("after reaching consistency")
+        if form == "restore_point":
+            return _("at restore point {name} (time {time})").format(name=match.group(1), time=match.group(2))
+        before = match.group(1) == "before"
+        if form == "lsn":
+            return (_("before WAL position {lsn}") if before else _("after WAL position {lsn}")).format(
+                lsn=match.group(2))
+        if form == "commit":
+            text_ = _("before the commit of transaction {xid} (time {time})") if before else \
+                _("after the commit of transaction {xid} (time {time})")
+        else:
+            text_ = _("before the abort of transaction {xid} (time {time})") if before else \
+                _("after the abort of transaction {xid} (time {time})")
+        return text_.format(xid=match.group(2), time=match.group(3))
+    return text
+
+
 class LogFollower:
     """Reads lines appended to a log file since the last call."""
 

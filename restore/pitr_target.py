@@ -67,8 +67,20 @@ class RecoveryTarget:
         return parse_lsn(self.value) if self.kind == "lsn" and self.value else None
 
     def describe(self) -> str:
-        """Return a short text for messages and evidence, e.g. ``time 2026-12-04T20:15:00+00:00``."""
+        """Return a short English text for logs and evidence, e.g. ``time 2026-12-04T20:15:00+00:00``."""
         return self.kind if self.value is None else f"{self.kind} {self.value}"
+
+    def label(self) -> str:
+        """Return the target in the user's language for messages, e.g. ``la hora 2026-12-04T20:15:00+00:00``."""
+        labels = {
+            "time": _("time {value}"),
+            "lsn": _("WAL position {value}"),
+            "xid": _("commit of transaction {value}"),
+            "name": _("restore point {value}"),
+            "immediate": _("first consistent point of the backup"),
+            "latest": _("end of the archive"),
+        }
+        return labels[self.kind].format(value=self.value)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value, "inclusive": self.inclusive, "timeline": self.timeline}
@@ -113,7 +125,24 @@ def parse_target_time(text: str) -> dt.datetime:
             _("add the zone explicitly, e.g. {value}-05:00 for Ecuador or {value}Z for UTC; a time without "
               "a zone would be read in the server's zone and could restore the wrong moment").format(value=text.strip()),
         )
+    _check_utc_range(moment, text)
     return moment
+
+
+def _check_utc_range(moment: dt.datetime, text: str) -> None:
+    """Reject a time that cannot be written in UTC (it is passed to PostgreSQL in UTC).
+
+    >>> _check_utc_range(dt.datetime.fromisoformat("9999-12-31T23:59:59-12:00"), "9999")  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    restore.pitr_target.RecoveryTargetError: ...
+    """
+    try:
+        moment.astimezone(dt.timezone.utc)
+    except OverflowError:
+        raise RecoveryTargetError(
+            _("target time {value!r} is out of range").format(value=text),
+            _("give a time between year 1 and year 9999 in UTC"),
+        ) from None
 
 
 def build_target(*, time: str | dt.datetime | None = None, lsn: str | None = None, xid: str | int | None = None,
@@ -128,11 +157,15 @@ def build_target(*, time: str | dt.datetime | None = None, lsn: str | None = Non
             _("choose one of --target-time, --target-lsn, --target-xid, --target-name, --target-immediate"),
         )
     timeline_text = str(timeline).strip().lower()
-    if timeline_text not in ("latest", "current") and not timeline_text.isdigit():
+    # Timeline IDs start at 1 and are 32-bit (the first 8 hex digits of a WAL file name).
+    numeric_ok = timeline_text.isdigit() and 1 <= int(timeline_text) <= 0xFFFFFFFF
+    if timeline_text not in ("latest", "current") and not numeric_ok:
         raise RecoveryTargetError(
             _("invalid target timeline {value!r}").format(value=timeline),
-            _("use latest, current or a timeline number"),
+            _("use latest, current or a timeline number from 1 up"),
         )
+    if numeric_ok:
+        timeline_text = str(int(timeline_text))
     if not given:
         return RecoveryTarget("latest", None, inclusive, timeline_text)
     kind = given[0]
@@ -143,6 +176,7 @@ def build_target(*, time: str | dt.datetime | None = None, lsn: str | None = Non
                 _("target time {value!r} has no time zone").format(value=str(moment)),
                 _("pass a timezone-aware datetime"),
             )
+        _check_utc_range(moment, moment.isoformat())
         return RecoveryTarget("time", moment.isoformat(), inclusive, timeline_text)
     if kind == "lsn":
         try:
@@ -233,7 +267,7 @@ def choose_backups(manifests: list[dict[str, Any]], target: RecoveryTarget, *, t
         if not backup_reaches(chosen[0], target):
             raise NotFoundError(
                 _("base backup {backup_id} became consistent after the target {target}").format(
-                    backup_id=backup_id, target=target.describe()),
+                    backup_id=backup_id, target=target.label()),
                 _("choose an older base backup, or omit --backup-id to let Resguardo choose"),
             )
         return chosen
@@ -258,7 +292,7 @@ def choose_backups(manifests: list[dict[str, Any]], target: RecoveryTarget, *, t
             )
         raise NotFoundError(
             _("no base backup became consistent before the target {target}; the oldest stopped at {stop}").format(
-                target=target.describe(),
+                target=target.label(),
                 stop=(manifests[0]["wal"]["stopped_by"] + " / " + manifests[0]["wal"]["stop_lsn"]) if manifests else "-"),
             _("the target is older than every kept base backup, so it cannot be restored"),
         )

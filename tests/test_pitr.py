@@ -179,7 +179,7 @@ def _rows(report) -> list[int]:
 
 @pytest.mark.parametrize("module_name", [
     "backup.wal_format", "backup.wal", "backup.wal_catalog", "backup.basebackup", "backup.wal_health",
-    "restore.pitr_target",
+    "restore.pitr_target", "restore.pitr_server",
 ])
 def test_doctests_pass(module_name):
     import importlib
@@ -194,6 +194,63 @@ def test_naive_target_time_rejected():
     with pytest.raises(RecoveryTargetError) as raised:
         build_target(time="2026-12-04 10:00:00")
     assert "zone" in raised.value.message or "zona" in raised.value.message
+
+
+def test_target_time_out_of_range_rejected():
+    from restore.pitr_target import RecoveryTargetError, build_target
+
+    # 23:59:59 at -12:00 on 9999-12-31 is in year 10000 in UTC, which PostgreSQL is given.
+    with pytest.raises(RecoveryTargetError):
+        build_target(time="9999-12-31T23:59:59-12:00")
+
+
+@pytest.mark.parametrize("timeline", ["0", "-1", "4294967296", "dos"])
+def test_invalid_target_timeline_rejected(timeline):
+    from restore.pitr_target import RecoveryTargetError, build_target
+
+    with pytest.raises(RecoveryTargetError):
+        build_target(timeline=timeline)
+
+
+def test_target_label_translated(monkeypatch):
+    from resguardo.i18n import set_language
+    from restore.pitr_server import describe_stop_point
+    from restore.pitr_target import build_target
+
+    set_language("es")
+    try:
+        label = build_target(name="antes_del_6").label()
+        stop = describe_stop_point("before commit of transaction 750, time 2026-12-04 21:00:00.1+00")
+    finally:
+        set_language(None)
+    assert "name" not in label
+    assert "antes_del_6" in label
+    assert "before" not in stop
+    assert "750" in stop
+
+
+def test_wal_ship_accepts_config_after_subcommand():
+    from resguardo.cli import build_parser
+
+    args = build_parser().parse_args(["wal-ship", "core", "--once", "--config", "/etc/resguardo/resguardo.yaml"])
+    assert args.sub_config == "/etc/resguardo/resguardo.yaml"
+    assert args.needs_config is False
+
+
+@pytest.mark.parametrize("magic, valid", [(0xD110, True), (0xD1FF, True), (0x1234, False), (0x0000, False)])
+def test_segment_header_page_magic(magic, valid):
+    import struct
+
+    from backup.wal_format import XLP_LONG_HEADER, WalFormatError, parse_segment_header
+
+    header = struct.pack("<HHIQI", magic, XLP_LONG_HEADER, 1, 0x3000000, 0) + bytes(4)
+    header += struct.pack("<QII", 7715544490620757889, 16 << 20, 8192)
+    if valid:
+        assert parse_segment_header(header).segment_name() == "000000010000000000000003"
+        return
+    with pytest.raises(WalFormatError) as raised:
+        parse_segment_header(header)
+    assert f"0x{magic:04X}" in str(raised.value)
 
 
 def test_two_targets_rejected():
@@ -334,6 +391,77 @@ def test_wal_fetch_missing_everywhere_exits_1(env):
     assert result.returncode == 1, result.stderr
 
 
+def _hide_everywhere(env, name: str, suffix: str) -> list[tuple[Path, Path]]:
+    """Rename the sidecar of ``name`` in both regions; return (hidden, original) pairs for _unhide."""
+    moved = []
+    for region in ("fs-a", "fs-b"):
+        sidecar = env.wal_dir(region, env.system_identifier) / f"{name}.json"
+        hidden = sidecar.with_name(f"hidden-{suffix}.json.bak")
+        sidecar.rename(hidden)
+        moved.append((hidden, sidecar))
+    return moved
+
+
+def _unhide(moved: list[tuple[Path, Path]]) -> None:
+    for hidden, sidecar in moved:
+        hidden.rename(sidecar)
+
+
+def test_wal_fetch_gap_exits_200(env):
+    """A segment missing everywhere while a later one is archived is a gap, never "end of archive"."""
+    name = _first_segment(env)
+    moved = _hide_everywhere(env, name, "gap")
+    try:
+        result = _fetch(env, name, env.root / "work" / "gap")
+    finally:
+        _unhide(moved)
+    assert result.returncode == 200, result.stderr
+    assert name in result.stderr
+    assert not (env.root / "work" / "gap").exists()
+
+
+def test_wal_fetch_gap_with_empty_region_exits_200(env):
+    """One region empty (an unmounted share) and the other lacking the segment but holding later ones."""
+    name = _first_segment(env)
+    empty = env.root / "empty-share"
+    (empty / "core" / "wal" / env.system_identifier).mkdir(parents=True)
+    document = yaml.safe_load(env.config_file.read_text(encoding="utf-8"))
+    document["regions"]["fs-a"]["path"] = str(empty)
+    config_file = env.root / "resguardo-empty-share.yaml"
+    config_file.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+    chown_tree(empty, server_user())
+    chown_tree(config_file, server_user())
+    sidecar = env.wal_dir("fs-b", env.system_identifier) / f"{name}.json"
+    hidden = sidecar.with_name("hidden-empty.json.bak")
+    sidecar.rename(hidden)
+    try:
+        result = _as_postgres([str(env.launcher), "wal-fetch", name, str(env.root / "work" / "gap-empty"),
+                               "--db", "core", "--config", str(config_file), "--system-identifier",
+                               env.system_identifier, "--attempts", "1"], cwd=env.root / "work")
+    finally:
+        hidden.rename(sidecar)
+        shutil.rmtree(empty)
+        config_file.unlink()
+    assert result.returncode == 200, result.stderr
+    assert name in result.stderr
+
+
+def test_wal_fetch_into_missing_directory(env):
+    result = _fetch(env, _first_segment(env), env.root / "work" / "nodir" / "segment")
+    assert result.returncode == 200
+    assert "FileNotFoundError" not in result.stderr
+    assert "nodir" in result.stderr
+
+
+def test_wal_push_missing_file(env):
+    push = [str(env.launcher), "wal-push", str(env.root / "work" / "000000010000000000000099"), "--db", "core",
+            "--config", str(env.config_file)]
+    result = _as_postgres(push, cwd=env.root / "work")
+    assert result.returncode != 0
+    assert "Errno" not in result.stderr
+    assert "000000010000000000000099" in result.stderr
+
+
 def test_wal_fetch_falls_back_to_second_region(env):
     name = _first_segment(env)
     sidecar = env.wal_dir("fs-a", env.system_identifier) / f"{name}.json"
@@ -462,18 +590,26 @@ def test_restore_to_time_between_commits(env, marks):
 def test_cli_restore_with_target_name(env, marks):
     # The main `resguardo restore` command takes the PITR flags and hands over to restore_pitr.
     # The data directory sits under env.root because the server's OS user must reach it.
+    # A relative --data-dir must resolve against the caller's directory, not the server's.
     data_dir = env.root / "cli-pitr-data"
     result = subprocess.run(
         [sys.executable, "-m", "resguardo.cli", "--config", str(env.config_file), "restore", "core",
-         "--target-name", "antes_del_6", "--data-dir", str(data_dir), "--wal-fetch-command", str(env.launcher),
+         "--target-name", "antes_del_6", "--data-dir", "cli-pitr-data", "--wal-fetch-command", str(env.launcher),
          "--no-promote", "--timeout", "180", "--json"],
-        capture_output=True, text=True, timeout=400,
+        capture_output=True, text=True, timeout=400, cwd=env.root,
     )
     try:
         assert result.returncode == 0, result.stderr[-3000:]
         report = json.loads(result.stdout)
         assert report["outcome"] in ("paused", "shut_down")
         assert report["backup_id"] == env.first_backup.backup_id
+        assert report["data_dir"] == str(data_dir)
+        # The copy keeps the source's settings, but not its way into the source's archive.
+        from restore.pitr import DISABLED_ARCHIVE_COMMAND
+
+        auto_conf = (data_dir / "postgresql.auto.conf").read_text()
+        assert auto_conf.rstrip().endswith("archive_command = '" + DISABLED_ARCHIVE_COMMAND.replace("'", "''") + "'")
+        assert report["notes"]
     finally:
         subprocess.run(["runuser", "-u", "postgres", "--", str(find_program("pg_ctl")), "-D", str(data_dir),
                         "-m", "immediate", "stop"], capture_output=True)
@@ -537,6 +673,42 @@ def test_restore_stops_when_regions_fail(env, marks):
         hidden.rename(sidecar)
     assert "200" in raised.value.message
     assert "wal-fetch" in (raised.value.hint or "")
+
+
+def test_restore_stops_at_archive_gap(env, marks):
+    """A gap in the archive stops recovery with the missing segment named, instead of promoting at the gap."""
+    from resguardo.errors import ExternalToolError
+    from restore.pitr_target import build_target
+    from backup.wal_format import next_segment_name
+
+    start = env.first_backup.manifest["wal"]["start_wal_file"]
+    missing = next_segment_name(next_segment_name(start, 16 << 20), 16 << 20)
+    moved = _hide_everywhere(env, missing, "restore-gap")
+    try:
+        with pytest.raises(ExternalToolError) as raised:
+            _restore(env, target=build_target(timeline="current"), backup_id=env.first_backup.backup_id)
+    finally:
+        _unhide(moved)
+    assert missing in raised.value.message
+    assert "archive-check" in (raised.value.hint or "")
+    # The server log outlives the deleted scratch cluster.
+    kept_logs = list((env.root / "state" / "restore").glob("core-*.log"))
+    assert kept_logs
+
+
+def test_restore_rejects_nonpositive_timeout(env):
+    from resguardo.errors import ConfigError
+
+    for timeout in (0, -1):
+        with pytest.raises(ConfigError):
+            _restore_with_timeout(env, timeout)
+
+
+def _restore_with_timeout(env, timeout: float):
+    from restore.pitr import restore_pitr
+
+    return restore_pitr(env.config(), "core", config_file=env.config_file, wal_fetch_command=str(env.launcher),
+                        timeout=timeout)
 
 
 def test_promoted_copy_new_timeline_followed(env, marks):
@@ -629,6 +801,83 @@ def test_archive_check_reports_missing_copy_and_gap(env, marks):
     assert victim.name[:-5] in one_region.archive["missing_in_regions"]["fs-b"]
     assert not one_region.ok
     assert victim.name[:-5] in both.archive["gaps"]["1"]
+
+
+def test_archive_check_rejects_invalid_sidecars(env, marks):
+    from backup.wal_health import check_archive
+
+    config = env.config()
+    segments = sorted(p for p in env.wal_dir("fs-a", env.system_identifier).glob("00000001*.json") if len(p.name) == 29)
+    broken, foreign = segments[-1], segments[-2]
+    twin = env.wal_dir("fs-b", env.system_identifier) / foreign.name
+    originals = {broken: broken.read_bytes(), twin: twin.read_bytes()}
+    try:
+        broken.write_text("{not json", encoding="utf-8")
+        # Another segment's sidecar copied over this one.
+        twin.write_bytes((env.wal_dir("fs-b", env.system_identifier) / segments[-3].name).read_bytes())
+        report = check_archive(config, "core")
+    finally:
+        for path, data in originals.items():
+            path.write_bytes(data)
+    assert not report.ok
+    assert broken.name[:-5] in report.archive["missing_in_regions"]["fs-a"]
+    assert foreign.name[:-5] in report.archive["missing_in_regions"]["fs-b"]
+    assert broken.name[:-5] in report.archive["invalid_sidecars"]
+
+
+def test_archive_check_rejects_foreign_archive_command(env):
+    """A server that archives somewhere else (or not at all) is not a healthy archive."""
+    from backup.wal_health import check_archive
+    from restore.scratch import ScratchCluster
+
+    other = ScratchCluster(name="pitr-wrong-archiver",
+                           settings={"wal_level": "replica", "archive_mode": "on", "archive_command": "/bin/true"})
+    try:
+        other.start()
+        report = check_archive(env.config(), "core", dsn=other.dsn())
+    finally:
+        other.destroy()
+    assert not report.ok
+    assert any("wal-push" in problem for problem in report.problems)
+
+
+def test_archive_check_rejects_standby(env):
+    """After a failover and failback the configured DSN may reach a standby, which archives nothing."""
+    from backup.wal_health import check_archive
+    from resguardo.pgtools import run_checked
+    from restore.scratch import ScratchCluster
+
+    standby = ScratchCluster(name="pitr-standby", initdb=False,
+                             settings={"wal_level": "replica", "archive_mode": "on", "hot_standby": "on",
+                                       "archive_command": env.archive_command("core"),
+                                       "primary_conninfo": env.cluster.dsn()})
+    try:
+        run_checked([str(find_program("pg_basebackup")), "-d", env.cluster.dsn(), "-D", str(standby.data_dir),
+                     "-X", "stream", "-c", "fast", "-R"], what="pg_basebackup", as_server_user=True, timeout=300)
+        standby.write_settings()
+        standby.start()
+        report = check_archive(env.config(), "core", dsn=standby.dsn())
+    finally:
+        standby.destroy()
+    assert report.server["in_recovery"] is True
+    assert not report.ok
+    assert any("primar" in problem for problem in report.problems)
+
+
+def test_basebackup_rejects_other_system(env):
+    from backup.basebackup import run_base_backup
+    from resguardo.errors import ConfigError
+
+    foreign = env.root / "fs-b" / "core" / "wal" / "1234567890123456789"
+    foreign.mkdir()
+    (foreign / "000000010000000000000001.json").write_text("{}", encoding="utf-8")
+    try:
+        with pytest.raises(ConfigError) as raised:
+            run_base_backup(env.config(), "core", fast_checkpoint=True)
+    finally:
+        shutil.rmtree(foreign)
+    assert "1234567890123456789" in raised.value.message
+    assert "--new-system" in raised.value.hint
 
 
 # -- asynchronous archiving ---------------------------------------------------------------------
