@@ -173,6 +173,28 @@ def cmd_restore_pitr(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------------------
 
 
+def add_recovery_arguments(parser) -> None:
+    """Add the recovery target and server options shared by ``restore-pitr`` and ``restore``."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--target-time", help=_("ISO 8601 time with zone, e.g. 2026-12-04T15:15:00-05:00"))
+    group.add_argument("--target-lsn", help=_("WAL position, e.g. 0/3000028"))
+    group.add_argument("--target-xid", help=_("transaction id whose commit ends recovery"))
+    group.add_argument("--target-name", help=_("restore point made with pg_create_restore_point"))
+    group.add_argument("--target-immediate", action="store_true", help=_("stop as soon as the backup is consistent"))
+    parser.add_argument("--exclusive", action="store_true",
+                        help=_("stop just before the target instead of just after it"))
+    parser.add_argument("--target-timeline", default="latest", help=_("latest (default), current or a number"))
+    parser.add_argument("--data-dir", help=_("empty directory to restore into; default: a scratch cluster"))
+    parser.add_argument("--no-promote", action="store_true", help=_("stay in recovery at the target (read-only)"))
+    parser.add_argument("--system-identifier", help=_("cluster to restore when the archive holds several"))
+    parser.add_argument("--wal-fetch-command",
+                        help=_("command the server runs as restore_command prefix (default: the resguardo executable "
+                               "next to this Python)"))
+    parser.add_argument("--no-verify", action="store_true", help=_("skip pg_verifybackup of the restored files"))
+    parser.add_argument("--timeout", type=float, default=3600, help=_("seconds to wait for recovery (default 3600)"))
+    parser.add_argument("--json", action="store_true", help=_("machine-readable output"))
+
+
 def register(subparsers) -> None:
     """Add the point-in-time recovery subcommands to the ``resguardo`` parser."""
     base = subparsers.add_parser("basebackup", help=_("take an encrypted physical base backup (pg_basebackup)"))
@@ -217,24 +239,8 @@ def register(subparsers) -> None:
 
     pitr = subparsers.add_parser("restore-pitr", help=_("point-in-time recovery from a base backup and archived WAL"))
     pitr.add_argument("database")
-    group = pitr.add_mutually_exclusive_group()
-    group.add_argument("--target-time", help=_("ISO 8601 time with zone, e.g. 2026-12-04T15:15:00-05:00"))
-    group.add_argument("--target-lsn", help=_("WAL position, e.g. 0/3000028"))
-    group.add_argument("--target-xid", help=_("transaction id whose commit ends recovery"))
-    group.add_argument("--target-name", help=_("restore point made with pg_create_restore_point"))
-    group.add_argument("--target-immediate", action="store_true", help=_("stop as soon as the backup is consistent"))
-    pitr.add_argument("--exclusive", action="store_true", help=_("stop just before the target instead of just after it"))
-    pitr.add_argument("--target-timeline", default="latest", help=_("latest (default), current or a number"))
     pitr.add_argument("--backup-id", help=_("base backup to start from (default: chosen for the target)"))
-    pitr.add_argument("--data-dir", help=_("empty directory to restore into; default: a scratch cluster"))
-    pitr.add_argument("--no-promote", action="store_true", help=_("stay in recovery at the target (read-only)"))
-    pitr.add_argument("--system-identifier", help=_("cluster to restore when the archive holds several"))
     pitr.add_argument("--identity", help=_("X25519 private key file (overrides the config)"))
     pitr.add_argument("--config", dest="sub_config", help=_("path of resguardo.yaml"))
-    pitr.add_argument("--wal-fetch-command",
-                      help=_("command the server runs as restore_command prefix (default: the resguardo executable "
-                             "next to this Python)"))
-    pitr.add_argument("--no-verify", action="store_true", help=_("skip pg_verifybackup of the restored files"))
-    pitr.add_argument("--timeout", type=float, default=3600, help=_("seconds to wait for recovery (default 3600)"))
-    pitr.add_argument("--json", action="store_true", help=_("machine-readable output"))
+    add_recovery_arguments(pitr)
     pitr.set_defaults(handler=cmd_restore_pitr, needs_config=False)

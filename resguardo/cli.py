@@ -95,6 +95,15 @@ def cmd_backup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _system_identifier(manifest: dict) -> str:
+    """Return the cluster's system identifier recorded in a manifest (logical or base)."""
+    for section in ("server", "wal"):
+        value = (manifest.get(section) or {}).get("system_identifier")
+        if value:
+            return str(value)
+    return "-"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from backup.catalog import list_backups
     from resguardo.keyring import load_verify_key
@@ -113,14 +122,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         _print(json.dumps([{"backup_id": e.backup_id, "regions": e.regions, "invalid_copies": e.invalid_copies,
                             "started_at": e.manifest.get("started_at"),
+                            "system_identifier": _system_identifier(e.manifest),
                             "size": sum(o["size"] for o in e.manifest.get("objects", []))} for e in entries],
                           indent=2, ensure_ascii=False))
         return 0
     if not entries:
         _print(_("No committed backups of {database}.").format(database=args.database))
         return 0
-    _print(_("{backup_id:<24} {started:<28} {size:>14}  {regions}").format(
-        backup_id=_("BACKUP"), started=_("STARTED (UTC)"), size=_("BYTES"), regions=_("REGIONS")))
+    _print(_("{backup_id:<24} {started:<28} {system:<20} {size:>14}  {regions}").format(
+        backup_id=_("BACKUP"), started=_("STARTED (UTC)"), system=_("SYSTEM ID"), size=_("BYTES"),
+        regions=_("REGIONS")))
     for e in entries:
         size = sum(o["size"] for o in e.manifest.get("objects", []))
         regions_text = ", ".join(e.regions)
@@ -130,7 +141,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 count=len(e.regions), quorum=quorum)
         if e.invalid_copies:
             regions_text += "  " + _("(invalid copy in: {regions})").format(regions=", ".join(e.invalid_copies))
-        _print(f"{e.backup_id:<24} {e.manifest.get('started_at', ''):<28} {size:>14}  {regions_text}")
+        _print(f"{e.backup_id:<24} {e.manifest.get('started_at', ''):<28} {_system_identifier(e.manifest):<20} "
+               f"{size:>14}  {regions_text}")
     return 0
 
 
@@ -156,8 +168,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
             subjects=report.suppression.get("subjects"), rows=sum((report.suppression.get("deleted") or {}).values())))
     for attempt in report.attempts:
         if attempt.outcome != "ok":
+            from restore.fetch import outcome_label
+
             _print(_("Region {region} skipped ({outcome}): {error}").format(
-                region=attempt.region, outcome=attempt.outcome, error=attempt.error))
+                region=attempt.region, outcome=outcome_label(attempt.outcome), error=attempt.error))
     _print(_("Backup {backup_id} restored from region {region} in {seconds} s.").format(
         backup_id=report.backup_id, region=report.region, seconds=report.timings["total_seconds"]))
     if report.scratch is not None:
@@ -271,24 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     res.add_argument("--apply-suppression", action=argparse.BooleanOptionalAction, default=None,
                      help=_("remove data subjects on the LOPDP suppression list after the restore "
                             "(default: masking.yaml's apply_suppression_on_restore)"))
-    pitr = res.add_argument_group(_("point-in-time recovery (base backup + WAL)"))
-    targets = pitr.add_mutually_exclusive_group()
-    targets.add_argument("--target-time", help=_("ISO 8601 time with zone, e.g. 2026-12-04T15:15:00-05:00"))
-    targets.add_argument("--target-lsn", help=_("WAL position, e.g. 0/3000028"))
-    targets.add_argument("--target-xid", help=_("transaction id whose commit ends recovery"))
-    targets.add_argument("--target-name", help=_("restore point made with pg_create_restore_point"))
-    targets.add_argument("--target-immediate", action="store_true", help=_("stop as soon as the backup is consistent"))
-    pitr.add_argument("--exclusive", action="store_true", help=_("stop just before the target instead of just after it"))
-    pitr.add_argument("--target-timeline", default="latest", help=_("latest (default), current or a number"))
-    pitr.add_argument("--data-dir", help=_("empty directory to restore into; default: a scratch cluster"))
-    pitr.add_argument("--no-promote", action="store_true", help=_("stay in recovery at the target (read-only)"))
-    pitr.add_argument("--system-identifier", help=_("cluster to restore when the archive holds several"))
-    pitr.add_argument("--wal-fetch-command",
-                      help=_("command the server runs as restore_command prefix (default: the resguardo executable "
-                             "next to this Python)"))
-    pitr.add_argument("--no-verify", action="store_true", help=_("skip pg_verifybackup of the restored files"))
-    pitr.add_argument("--timeout", type=float, default=3600, help=_("seconds to wait for recovery (default 3600)"))
-    pitr.add_argument("--json", action="store_true", help=_("machine-readable output"))
+    from backup.cli_pitr import add_recovery_arguments
+
+    add_recovery_arguments(res.add_argument_group(_("point-in-time recovery (base backup + WAL)")))
     res.set_defaults(handler=cmd_restore)
 
     ver = sub.add_parser("verify", help=_("restore test: restore into scratch, validate with GX, write evidence"))

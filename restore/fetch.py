@@ -99,6 +99,18 @@ class _PlaintextWriter:
         pass
 
 
+def outcome_label(outcome: str) -> str:
+    """Return the translated word for an attempt outcome (``corrupted``, ``missing``, ...)."""
+    labels = {
+        "ok": _("intact"),
+        "missing": _("missing"),
+        "unreachable": _("unreachable"),
+        "size_mismatch": _("size differs from the manifest"),
+        "corrupted": _("corrupted"),
+    }
+    return labels.get(outcome, outcome)
+
+
 def _stream_one(region: Region, key: str, entry: dict[str, Any], identities: list[X25519PrivateKey],
                 backup_id: str, object_name: str, sink: Sink[Any], stages: StageTimes) -> tuple[str, int]:
     decryptor = Decryptor(identities, expected_backup_id=backup_id, expected_object_name=object_name)
@@ -215,7 +227,8 @@ def fetch_object(
         stages = StageTimes(round(stages.download, 3), round(stages.decrypt, 3), round(stages.write, 3))
         return FetchResult(value, region.name, sha, size, attempts, round(time.monotonic() - started, 3), stages)
 
-    detail = "; ".join(f"{a.region}: {a.outcome} ({a.error})" for a in attempts) or _("no region holds a copy")
+    detail = "; ".join(f"{a.region}: {outcome_label(a.outcome)} ({a.error})" for a in attempts) or _(
+        "no region holds a copy")
     error_type: type[ResguardoError] = IntegrityError if any(a.outcome == "corrupted" for a in attempts) else StorageError
     raise error_type(
         _("no region returned an intact copy of {name} of backup {backup_id}: {detail}").format(
