@@ -20,8 +20,8 @@ from pathlib import Path
 from resguardo.errors import ResguardoError
 from resguardo.i18n import _, set_language
 
-# Modules contributing subcommands; a module that is missing or fails to
-# import is reported when its command is used, not at start-up.
+# Modules contributing subcommands. One that fails to import is skipped with a
+# warning in the log, so the core commands (restore above all) keep working.
 COMMAND_MODULES = (
     "evidence.cli",
     "backup.cli_pitr",
@@ -217,15 +217,8 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
 
 # argparse's own texts ("usage:", "options", its error messages) go through
 # argparse's module-level gettext functions. Routing them to our catalog makes
-# help and usage errors follow the configured language too.
-ARGPARSE_MESSAGES = (
-    "usage: ", "positional arguments", "options", "show this help message and exit",
-    "the following arguments are required: %s", "unrecognized arguments: %s",
-    "invalid choice: %(value)r (choose from %(choices)s)", "argument %(argument_name)s: %(message)s",
-    "%(prog)s: error: %(message)s\n", "expected one argument", "invalid %(type)s value: %(value)r",
-    "ambiguous option: %(option)s could match %(matches)s", "not allowed with argument %s",
-    "one of the arguments %s is required", "expected at least one argument", "expected at most one argument",
-)
+# help and usage errors follow the configured language too; their Spanish
+# translations sit in core.po under argparse's own msgids.
 
 
 def _translate_argparse() -> None:
@@ -305,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     for module_name in COMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)
-        except ImportError:
+        except ImportError as error:
+            from resguardo.log import get_logger
+
+            get_logger("cli").warning("cli.module_skipped", extra={"module": module_name, "error": str(error)})
             continue
         module.register(sub)
     return parser

@@ -33,7 +33,7 @@ T = TypeVar("T")
 
 
 class Sink(Protocol[T]):
-    """Where plaintext goes; a new sink is created for every region attempt."""
+    """Destination of the plaintext; a new sink is created for every region attempt."""
 
     def write(self, data: bytes) -> None: ...
 
@@ -57,9 +57,9 @@ class Attempt:
 class StageTimes:
     """Seconds spent in each stage of one pipelined fetch.
 
-    The stages overlap in wall time only through the sink's own process (for
-    example pg_restore); each figure is time this process spent waiting on or
-    computing that stage.
+    Each figure is time this process spent waiting on or computing that
+    stage. The stages overlap in wall time only through the sink's own
+    process, for example pg_restore.
     """
 
     download: float = 0.0
