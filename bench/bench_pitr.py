@@ -45,21 +45,9 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
+from resguardo.launcher import LAUNCHER, SYSTEM_PYTHON, VENV_SITE  # noqa: E402
 from resguardo.pgtools import chown_tree, demote, find_program, server_user  # noqa: E402
 
-VENV_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
-LAUNCHER = """#!/bin/sh
-exec {python} -S -c '
-import site, sys
-site.addsitedir("{site}")
-if len(sys.argv) > 1 and sys.argv[1] in ("wal-push", "wal-fetch"):
-    from backup.wal_main import main
-else:
-    from resguardo.cli import main
-sys.exit(main())
-' "$@"
-"""
 
 
 def as_postgres(args, *, cwd=None, check=True, env=None, timeout=3600):

@@ -19,24 +19,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from resguardo.launcher import LAUNCHER, SYSTEM_PYTHON, VENV_SITE
 from resguardo.pgtools import chown_tree, server_user
 
-VENV_SITE = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
-SYSTEM_PYTHON = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
 
 pytestmark = pytest.mark.skipif(not SYSTEM_PYTHON.exists(), reason="needs the system Python of the venv's version")
 
-LAUNCHER = """#!/bin/sh
-exec {python} -S -c '
-import site, sys
-site.addsitedir("{site}")
-if len(sys.argv) > 1 and sys.argv[1] in ("wal-push", "wal-fetch"):
-    from backup.wal_main import main
-else:
-    from resguardo.cli import main
-sys.exit(main())
-' "$@"
-"""
 
 
 def wait_archived(cluster, name: str, timeout: float = 60) -> None:
