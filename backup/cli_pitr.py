@@ -186,7 +186,7 @@ def add_recovery_arguments(parser) -> None:
     parser.add_argument("--target-timeline", default="latest", help=_("latest (default), current or a number"))
     parser.add_argument("--data-dir", help=_("empty directory to restore into; default: a scratch cluster"))
     parser.add_argument("--no-promote", action="store_true", help=_("stay in recovery at the target (read-only)"))
-    parser.add_argument("--system-identifier", help=_("cluster to restore when the archive holds several"))
+    parser.add_argument("--system-identifier", help=_("cluster to restore when the archive contains several"))
     parser.add_argument("--wal-fetch-command",
                         help=_("command the server runs as restore_command prefix (default: the resguardo executable "
                                "next to this Python)"))

@@ -35,7 +35,7 @@ ENCRYPTION_FORMAT = "RSGENC01"
 
 @dataclass
 class StoredObject:
-    """What one object's pipeline wrote, as recorded in a manifest."""
+    """Description of one stored object, as recorded in a manifest."""
 
     name: str
     size: int
@@ -96,13 +96,13 @@ def store_stream(
 ) -> StoredObject:
     """Compress, encrypt and store everything ``source`` yields under ``key`` in ``regions``.
 
-    ``source`` is read until EOF. On any exception (including the producer
-    failing, which the caller detects and raises after this returns or while
-    ``source`` raises) every upload is aborted, so no region keeps a partial
-    object. Returns once every region reached by the quorum confirmed size and
-    SHA-256. ``before_commit`` runs after EOF and before any region commits;
-    it is where the caller checks the producer's exit status, so a failed
-    ``pg_dump`` whose output merely ended early never becomes a backup.
+    ``source`` is read until EOF. Any exception, from reading ``source`` or
+    from ``before_commit``, aborts every upload, so no region keeps a partial
+    object. Returns once the quorum of regions confirmed size and SHA-256.
+
+    ``before_commit`` runs after EOF and before any region commits. The caller
+    checks the producer's exit status there, so a failed ``pg_dump`` whose
+    output merely ended early never becomes a backup.
     """
     started = time.monotonic()
     encryptor = Encryptor(recipients, backup_id=backup_id, object_name=object_name, chunk_size=chunk_size)

@@ -1,9 +1,9 @@
 """A shell launcher that lets the ``postgres`` OS user run ``resguardo``.
 
 PostgreSQL runs ``archive_command`` and ``restore_command`` as its own OS
-user. When Resguardo's virtual environment points at a Python that user may
-not execute (for example a pyenv build under a 0700 home directory), the
-launcher runs the system Python of the same version with ``-S`` and adds the
+user. The virtual environment may point at a Python that user cannot
+execute, for example a pyenv build under a 0700 home directory. The launcher
+then runs the system Python of the same version with ``-S`` and adds the
 environment's site-packages by hand. ``wal-push`` and ``wal-fetch`` go
 straight to the lean WAL entry point.
 """

@@ -174,8 +174,8 @@ def fetch_object(
 
     ``regions`` lists the regions to try, in order; those without a copy in
     the manifest entry are skipped. Raises IntegrityError or StorageError with
-    every attempt listed when no region returns an intact copy; a wrong
-    private key raises KeyError_ at once, since no other region can help.
+    every attempt listed when no region returns an intact copy. A wrong
+    private key raises KeyError_ at once, because no other region can help.
     """
     started = time.monotonic()
     attempts: list[Attempt] = []

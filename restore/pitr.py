@@ -412,7 +412,14 @@ def _restore_one(config, database, manifest, target, target_timeline, destinatio
     # 3. Recovery settings.
     _prepare_data_dir(destination, scratch=scratch is not None)
     minimums = hot_standby_minimums(controldata(bindir, destination))
-    action = "promote" if promote else ("pause" if scratch is not None else "shutdown")
+    # A scratch copy pauses at the target so it can be inspected; a data
+    # directory of the caller's shuts down there until someone promotes it.
+    if promote:
+        action = "promote"
+    elif scratch is not None:
+        action = "pause"
+    else:
+        action = "shutdown"
     recovery = {"restore_command": command, **target.settings(), "recovery_target_action": action}
     _append_settings(destination, recovery, f"Resguardo point-in-time recovery from base backup {backup_id}")
     runtime: dict[str, str | int] = {
